@@ -1,0 +1,201 @@
+"""The service configuration: read once from the environment, validated, then passed down.
+
+Every problem raises ``ConfigError`` whose message starts with the variable's name, so start-up
+can stop with one line an operator can act on.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["Config", "ConfigError", "ListenAddress", "parse_duration", "parse_listen_address"]
+
+# Postfix gives a socketmap server 100 s per request, and a lookup with a recipient delimiter may
+# make two userli calls in a row: both must fit, with room to spare.
+MAX_USERLI_TIMEOUT = 45.0
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("json", "text")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    """A TCP ``host``/``port`` (host None = every interface) or a UNIX socket ``path``."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        host = self.host or ""
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    userli_token: str = field(repr=False)  # never printed, logged or put in a reply
+    userli_base_url: str = "http://localhost:8000"
+    userli_timeout: float = 5.0
+    recipient_delimiter: str = ""
+    socketmap_address: ListenAddress = ListenAddress(port=10001)
+    socketmap_socket_mode: int = 0o666
+    metrics_address: ListenAddress = ListenAddress(port=10002)
+    max_connections: int = 500
+    idle_timeout: float = 60.0
+    shutdown_timeout: float = 10.0
+    log_level: str = "info"
+    log_format: str = "json"
+    token_source: str = "USERLI_TOKEN"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        return cls(
+            userli_token=_token(env),
+            token_source="USERLI_TOKEN_FILE" if env.get("USERLI_TOKEN_FILE") else "USERLI_TOKEN",
+            userli_base_url=reader.url("USERLI_BASE_URL", "http://localhost:8000"),
+            userli_timeout=reader.duration("USERLI_TIMEOUT", "5s", maximum=MAX_USERLI_TIMEOUT),
+            recipient_delimiter=reader.delimiter("POSTFIX_RECIPIENT_DELIMITER"),
+            socketmap_address=reader.address("SOCKETMAP_LISTEN_ADDR", ":10001"),
+            socketmap_socket_mode=reader.mode("SOCKETMAP_SOCKET_MODE", "0666"),
+            metrics_address=reader.address("METRICS_LISTEN_ADDR", ":10002"),
+            max_connections=reader.integer("MAX_CONNECTIONS", "500", minimum=1, maximum=100_000),
+            idle_timeout=reader.duration("IDLE_TIMEOUT", "60s"),
+            shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", "10s", maximum=3600),
+            log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
+            log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
+        )
+
+    def summary(self) -> dict[str, object]:
+        """Everything worth logging at start-up; never the token itself."""
+        return {
+            "userli_base_url": self.userli_base_url,
+            "userli_timeout": self.userli_timeout,
+            "token_source": self.token_source,
+            "recipient_delimiter": self.recipient_delimiter,
+            "socketmap_listen_addr": str(self.socketmap_address),
+            "metrics_listen_addr": str(self.metrics_address),
+            "max_connections": self.max_connections,
+            "idle_timeout": self.idle_timeout,
+            "shutdown_timeout": self.shutdown_timeout,
+        }
+
+
+def _token(env: Mapping[str, str]) -> str:
+    token, token_file = env.get("USERLI_TOKEN", ""), env.get("USERLI_TOKEN_FILE", "")
+    if token and token_file:
+        raise ConfigError("USERLI_TOKEN_FILE: set either USERLI_TOKEN or USERLI_TOKEN_FILE, not both")
+    if token_file:
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"USERLI_TOKEN_FILE: cannot read {token_file}: {exc.__class__.__name__}") from None
+        name = "USERLI_TOKEN_FILE"
+    else:
+        name = "USERLI_TOKEN"
+    if not token:
+        raise ConfigError(f"{name}: required, the userli API token (scope postfix)")
+    if not token.isascii() or not token.isprintable() or " " in token:
+        raise ConfigError(f"{name}: the token must be printable ASCII without spaces")
+    return token
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """``500ms``, ``5s``, ``2m``, ``1h30m`` or plain seconds (``2.5``) -> seconds."""
+    text = text.strip()
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return float(text)
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"{text!r} is not a duration such as 500ms, 5s, 2m or 30")
+    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """``host:port``, ``:port``, ``[v6]:port``, or an absolute UNIX socket path."""
+    text = text.strip()
+    if text.startswith("/"):
+        return ListenAddress(path=text)
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise ValueError(f"{text!r} is not host:port, :port, [::1]:port or a /path")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write IPv6 hosts in brackets, e.g. [::1]:10001")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    return ListenAddress(host=host or None, port=int(port_text))
+
+
+class _Reader:
+    """Reads one variable at a time and turns every parse failure into a ConfigError."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str, default: str) -> str:
+        value = self._env.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def duration(self, name: str, default: str, maximum: float = 86_400) -> float:
+        try:
+            seconds = parse_duration(self._raw(name, default))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if not 0 < seconds <= maximum:
+            raise ConfigError(f"{name}: must be more than 0 and at most {maximum:g} seconds")
+        return seconds
+
+    def integer(self, name: str, default: str, minimum: int, maximum: int) -> int:
+        raw = self._raw(name, default)
+        if not raw.isdigit() or not minimum <= int(raw) <= maximum:
+            raise ConfigError(f"{name}: {raw!r} is not a whole number from {minimum} to {maximum}")
+        return int(raw)
+
+    def mode(self, name: str, default: str) -> int:
+        raw = self._raw(name, default)
+        if not re.fullmatch(r"0?[0-7]{3}", raw):
+            raise ConfigError(f"{name}: {raw!r} is not an octal file mode such as 0666")
+        return int(raw, 8)
+
+    def address(self, name: str, default: str) -> ListenAddress:
+        try:
+            return parse_listen_address(self._raw(name, default))
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    def url(self, name: str, default: str) -> str:
+        raw = self._raw(name, default).rstrip("/")
+        parts = urlsplit(raw)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ConfigError(f"{name}: {raw!r} is not an http(s) URL such as https://userli.example.org")
+        return raw
+
+    def delimiter(self, name: str) -> str:
+        raw = self._env.get(name, "")
+        if any(c.isspace() or c in "@/" or not c.isprintable() for c in raw):
+            raise ConfigError(f"{name}: {raw!r} must be printable characters, without '@', '/' or spaces")
+        return "".join(dict.fromkeys(raw))  # a set of characters, like Postfix's recipient_delimiter
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...], aliases: Mapping[str, str] = {}) -> str:
+        raw = self._raw(name, default).lower()
+        raw = aliases.get(raw, raw)
+        if raw not in choices:
+            raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
+        return raw

@@ -1,0 +1,125 @@
+"""The side HTTP server for /metrics, /health and /ready.
+
+HTTP parsing is h11's (the sans-I/O HTTP/1.1 library httpx itself is built on); this module only
+moves bytes between a socket and h11 and calls a route. It serves probes and scrapes, not the
+public: small, with timeouts, keep-alive and GET/HEAD only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+import h11
+
+from adapter.config import ListenAddress
+
+__all__ = ["HttpServer", "Response", "Route", "json_response"]
+
+log = logging.getLogger("adapter.http")
+
+READ_TIMEOUT = 30.0  # an idle or slow probe connection is closed after this long
+MAX_CONNECTIONS = 64  # probes and scrapers, not mail traffic
+
+
+class Response:
+    __slots__ = ("body", "content_type", "status")
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        self.status, self.content_type, self.body = status, content_type, body
+
+
+Route = Callable[[], Awaitable[Response]]
+
+
+def json_response(status: int, payload: dict[str, str]) -> Response:
+    return Response(status, "application/json", json.dumps(payload).encode())
+
+
+class HttpServer:
+    def __init__(self, address: ListenAddress, routes: dict[str, Route]) -> None:
+        self.address = address
+        self._routes = routes
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    @property
+    def bound(self) -> ListenAddress:
+        assert self._server is not None
+        if self.address.path is not None:
+            return self.address
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return ListenAddress(host=host, port=port)
+
+    async def start(self) -> None:
+        if self.address.path is not None:
+            self._server = await asyncio.start_unix_server(self._serve, self.address.path)
+        else:
+            self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
+        log.info("listening", extra={"listener": "http", "addr": str(self.bound)})
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if self._slots.locked():
+                return  # too many probe connections: refuse by closing
+            async with self._slots:
+                await self._exchange(h11.Connection(h11.SERVER), reader, writer)
+        except (TimeoutError, ConnectionError, h11.ProtocolError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _exchange(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.Request):
+                response = await self._route(event)
+                writer.write(_render(conn, event.method, response))
+                await writer.drain()
+                continue
+            if isinstance(event, h11.ConnectionClosed) or conn.our_state is h11.MUST_CLOSE:
+                return
+            if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+                conn.start_next_cycle()
+
+    async def _route(self, request: h11.Request) -> Response:
+        path = request.target.split(b"?", 1)[0].decode("ascii", "replace")
+        route = self._routes.get(path)
+        if route is None:
+            return json_response(404, {"error": "not found"})
+        if request.method not in (b"GET", b"HEAD"):
+            return json_response(405, {"error": "method not allowed"})
+        try:
+            return await route()
+        except Exception:
+            log.exception("route failed", extra={"path": path})
+            return json_response(500, {"error": "internal error"})
+
+
+def _render(conn: h11.Connection, method: bytes, response: Response) -> bytes:
+    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+    out = conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
+    if method != b"HEAD":
+        out += conn.send(h11.Data(data=response.body)) or b""
+    return out + (conn.send(h11.EndOfMessage()) or b"")

@@ -1,0 +1,91 @@
+"""Socketmap lookups: map name -> canonical keys -> userli -> one socketmap reply.
+
+``SocketmapSession`` is what the server core drives for each client connection; everything
+protocol-specific lives in ``adapter.protocols``, everything HTTP-specific in ``adapter.userli``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from adapter.keys import lookup_keys
+from adapter.metrics import Metrics
+from adapter.protocols import socketmap
+from adapter.protocols.netstring import NetstringDecoder
+from adapter.userli import ENDPOINTS, Failure, Found, NotFound, Outcome, UserliClient
+
+__all__ = ["MAP_NAMES", "Lookups", "SocketmapSession"]
+
+log = logging.getLogger("adapter.lookups")
+
+MAP_NAMES = ENDPOINTS
+MAX_REQUEST = 10_000  # bytes of one request netstring; real keys are a few hundred at most
+BUSY = socketmap.temp("server busy")
+
+
+class Lookups:
+    """Answers one socketmap request, whatever userli does, with exactly one reply."""
+
+    def __init__(self, userli: UserliClient, metrics: Metrics, delimiters: str = "") -> None:
+        self._userli = userli
+        self._metrics = metrics
+        self._delimiters = delimiters
+
+    async def answer(self, payload: bytes) -> bytes:
+        started = time.perf_counter()
+        request = socketmap.parse_request(payload)
+        if request.name not in MAP_NAMES:
+            reply, handler, status = socketmap.perm("unknown map name"), "unknown", "error"
+        elif request.key is None:
+            reply, handler, status = socketmap.perm("request without a key"), request.name, "error"
+        else:
+            handler = request.name
+            outcome = await self.resolve(request.name, request.key)
+            reply, status = self._reply(handler, outcome)
+        self._metrics.observe_request(handler, status, time.perf_counter() - started)
+        return reply
+
+    async def resolve(self, map_name: str, raw_key: str) -> Outcome:
+        """The userli answer for a raw key, with Postfix's extension fallback."""
+        outcome: Outcome = NotFound()
+        for key in lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain"):
+            outcome = await self._userli.lookup(map_name, key)
+            if not isinstance(outcome, NotFound):
+                break
+        return outcome
+
+    @staticmethod
+    def _reply(handler: str, outcome: Outcome) -> tuple[bytes, str]:
+        if isinstance(outcome, Found):
+            try:
+                return socketmap.ok(",".join(outcome.values)), "success"
+            except socketmap.ReplyTooLarge as exc:
+                log.error("userli answer too large for Postfix", extra={"map": handler, "error": str(exc)})
+                return socketmap.perm("reply too large"), "error"
+        if isinstance(outcome, Failure):
+            return socketmap.temp(outcome.reason), "error"
+        return socketmap.notfound(), "notfound"
+
+
+class SocketmapSession:
+    """One socketmap client connection: netstrings in, ordered replies out."""
+
+    greeting = b""
+
+    def __init__(self, lookups: Lookups) -> None:
+        self._lookups = lookups
+        self._decoder = NetstringDecoder(MAX_REQUEST)
+
+    @property
+    def pending(self) -> bool:
+        return self._decoder.pending
+
+    def receive(self, data: bytes) -> list[bytes]:
+        return self._decoder.feed(data)  # NetstringError: the server core closes the connection
+
+    async def respond(self, request: bytes) -> bytes:
+        return await self._lookups.answer(request)
+
+    def busy(self, request: bytes) -> bytes:
+        return BUSY

@@ -1,0 +1,114 @@
+"""Every Prometheus metric of the service, declared once, with fixed label sets.
+
+Names and label values follow the Go userli-postfix-adapter so existing dashboards keep working.
+Label values never come from client input: an unknown map is ``unknown``, and no address,
+token or password ever becomes a label. Hot-path label children are bound once up front.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from adapter import __version__
+
+__all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
+
+PREFIX = "userli_postfix_adapter"
+LOOKUP_STATUSES = ("success", "notfound", "error")
+# Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
+REQUEST_BUCKETS = tuple(0.001 * 2**i for i in range(10))
+HTTP_BUCKETS = tuple(0.01 * 2**i for i in range(10))
+
+
+class Metrics:
+    def __init__(self, handlers: tuple[str, ...], endpoints: tuple[str, ...]) -> None:
+        disable_created_metrics()  # the Go adapter exposes no *_created series; neither do we
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        Gauge(f"{PREFIX}_build_info", "Build information", ["version"], registry=registry).labels(__version__).set(1)
+
+        request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Duration of socketmap requests",
+            ["handler", "status"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        requests_total = Counter(
+            f"{PREFIX}_requests_total", "Total number of socketmap requests", ["handler", "status"], registry=registry
+        )
+        self._requests = {
+            (handler, status): (requests_total.labels(handler, status), request_duration.labels(handler, status))
+            for handler in (*handlers, "unknown")
+            for status in LOOKUP_STATUSES
+        }
+        self.active_connections = Gauge(
+            f"{PREFIX}_active_connections", "Number of currently active socketmap connections", registry=registry
+        )
+        self.connection_pool_usage = Gauge(
+            f"{PREFIX}_connection_pool_usage", "Socketmap connections in use out of MAX_CONNECTIONS", registry=registry
+        )
+        self.connection_pool_full = Counter(
+            f"{PREFIX}_connection_pool_full_total",
+            "Socketmap connections answered 'TEMP server busy' because MAX_CONNECTIONS was reached",
+            registry=registry,
+        )
+        self.protocol_errors = Counter(
+            f"{PREFIX}_protocol_errors_total", "Socketmap connections closed for broken framing", registry=registry
+        )
+        self._http_duration = Histogram(
+            f"{PREFIX}_http_client_duration_seconds",
+            "Duration of HTTP requests to the userli API",
+            ["endpoint", "status_code"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self._http_total = Counter(
+            f"{PREFIX}_http_client_requests_total",
+            "Total number of HTTP requests to the userli API",
+            ["endpoint", "status_code"],
+            registry=registry,
+        )
+        self._endpoints = frozenset(endpoints)
+        self._http_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self.health_check_status = Gauge(
+            f"{PREFIX}_health_check_status", "Last readiness check (1 = ready, 0 = not)", registry=registry
+        )
+
+    def observe_request(self, handler: str, status: str, seconds: float) -> None:
+        counter, histogram = self._requests[(handler, status)]
+        counter.inc()
+        histogram.observe(seconds)
+
+    def observe_http(self, endpoint: str, status: int | None, seconds: float) -> None:
+        """``status`` None means no HTTP response at all (timeout, refused, reset)."""
+        if status is None:
+            label = "error"
+        else:
+            label = str(status) if 100 <= status <= 599 else "other"
+        key = (endpoint if endpoint in self._endpoints else "unknown", label)
+        children = self._http_children.get(key)
+        if children is None:
+            children = self._http_children[key] = (self._http_total.labels(*key), self._http_duration.labels(*key))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def set_connections(self, count: int) -> None:
+        self.active_connections.set(count)
+        self.connection_pool_usage.set(count)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

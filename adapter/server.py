@@ -1,0 +1,338 @@
+"""One listener core for every wire protocol: TCP or UNIX socket, a bounded connection pool,
+idle and stall timeouts, in-order replies, back-pressure, and a graceful drain.
+
+A protocol plugs in as a ``Session`` (one per connection): it turns received bytes into
+requests and answers each request with reply bytes. The core owns everything else, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import stat
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from adapter.config import ListenAddress
+
+__all__ = ["Limits", "Listener", "ListenerHooks", "Session"]
+
+log = logging.getLogger("adapter.server")
+
+# A request must arrive completely within this long of its first byte (slow-loris guard), and a
+# client that stops reading our replies is dropped after this long.
+STALL_TIMEOUT = 10.0
+# Pipelined requests buffered per connection before we stop reading from it.
+MAX_QUEUED = 64
+
+
+class Session(Protocol):
+    """Per-connection protocol state. ``receive`` raises ``ValueError`` on broken framing."""
+
+    greeting: bytes  # sent as soon as the client connects (b"" for none)
+
+    @property
+    def pending(self) -> bool: ...  # part of a request is buffered
+
+    def receive(self, data: bytes) -> list[Any]: ...
+
+    async def respond(self, request: Any) -> bytes: ...
+
+    def busy(self, request: Any) -> bytes: ...  # the answer when the pool is full
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int
+    idle_timeout: float
+    stall_timeout: float = STALL_TIMEOUT
+    max_queued: int = MAX_QUEUED
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerHooks:
+    """Where the core reports what it counts (metrics live elsewhere)."""
+
+    connections_changed: Callable[[int], None] = lambda count: None
+    pool_full: Callable[[], None] = lambda: None
+    framing_error: Callable[[], None] = lambda: None
+
+
+class Listener:
+    def __init__(
+        self,
+        name: str,
+        address: ListenAddress,
+        session_factory: Callable[[], Session],
+        limits: Limits,
+        hooks: ListenerHooks = ListenerHooks(),
+        socket_mode: int = 0o666,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self._session_factory = session_factory
+        self.limits = limits
+        self.hooks = hooks
+        self._socket_mode = socket_mode
+        self._server: asyncio.Server | None = None
+        self._active: set[_Connection] = set()
+        self._over_limit: set[_Connection] = set()
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+        self.draining = False
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._active)
+
+    @property
+    def bound(self) -> ListenAddress:
+        """The address actually bound (the real port when the configured port was 0)."""
+        assert self._server is not None
+        if self.address.path is not None:
+            return self.address
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return ListenAddress(host=host, port=port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        factory = lambda: _Connection(self)  # noqa: E731
+        if self.address.path is not None:
+            _remove_stale_socket(self.address.path)
+            self._server = await loop.create_unix_server(factory, self.address.path, backlog=1024)
+            os.chmod(self.address.path, self._socket_mode)
+        else:
+            self._server = await loop.create_server(
+                factory, self.address.host, self.address.port, backlog=1024, reuse_address=True
+            )
+        log.info("listening", extra={"listener": self.name, "addr": str(self.bound)})
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting, answer what was already received (up to ``grace`` seconds), close."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for connection in [*self._active, *self._over_limit]:
+            connection.drain()
+        try:
+            await asyncio.wait_for(self._all_closed.wait(), grace)
+        except TimeoutError:
+            log.warning("drain timed out; closing connections", extra={"listener": self.name})
+            for connection in [*self._active, *self._over_limit]:
+                connection.abort()
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        if self.address.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.address.path)
+
+    def _admit(self, connection: _Connection) -> bool | None:
+        """True: in the pool. False: over the limit, answer busy. None: drop at once."""
+        if len(self._active) < self.limits.max_connections and not self.draining:
+            self._active.add(connection)
+            self._all_closed.clear()
+            self.hooks.connections_changed(len(self._active))
+            return True
+        if len(self._over_limit) < self.limits.max_connections:
+            self._over_limit.add(connection)
+            self._all_closed.clear()
+            self.hooks.pool_full()
+            return False
+        return None
+
+    def _release(self, connection: _Connection) -> None:
+        if connection in self._active:
+            self._active.discard(connection)
+            self.hooks.connections_changed(len(self._active))
+        self._over_limit.discard(connection)
+        if not self._active and not self._over_limit:
+            self._all_closed.set()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: requests are answered one at a time, in the order received."""
+
+    def __init__(self, listener: Listener) -> None:
+        self._listener = listener
+        self._limits = listener.limits
+        self._loop = asyncio.get_running_loop()
+        self._session = listener._session_factory()
+        self._queue: deque[Any] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._in_pool = True
+        self._reading_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._last_activity = self._loop.time()
+        self._partial_since: float | None = None
+        self._eof = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        self._transport = transport
+        admitted = self._listener._admit(self)
+        if admitted is None:
+            transport.abort()
+            return
+        self._in_pool = admitted
+        if admitted and self._session.greeting:
+            transport.write(self._session.greeting)
+        timeout = self._limits.idle_timeout if admitted else self._limits.stall_timeout
+        self._timer = self._loop.call_at(self._last_activity + timeout, self._check_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        now = self._last_activity = self._loop.time()
+        transport = self._transport
+        assert transport is not None
+        try:
+            requests = self._session.receive(data)
+        except ValueError as exc:
+            log.warning(
+                "broken framing; closing connection", extra={"listener": self._listener.name, "error": str(exc)}
+            )
+            self._listener.hooks.framing_error()
+            self._queue.clear()
+            transport.close()
+            return
+        if self._session.pending:
+            if self._partial_since is None:
+                self._partial_since = now
+        else:
+            self._partial_since = None
+        if not requests:
+            return
+        if not self._in_pool:
+            transport.write(self._session.busy(requests[0]))
+            transport.close()
+            return
+        self._queue.extend(requests)
+        if len(self._queue) >= self._limits.max_queued and not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+        if self._worker is None:
+            self._worker = self._loop.create_task(self._work())
+
+    def eof_received(self) -> bool:
+        # The client half-closed: answer what it already sent, then close (True keeps writing open).
+        self._eof = True
+        return self._worker is not None
+
+    def pause_writing(self) -> None:
+        self._drain_waiter = self._loop.create_future()
+        self._last_activity = self._loop.time()
+
+    def resume_writing(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._worker is not None:
+            self._worker.cancel()  # the client is gone: nobody waits for the answer
+        self.resume_writing()
+        self._listener._release(self)
+
+    # --- the ordered worker --------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        transport = self._transport
+        assert transport is not None
+        try:
+            while self._queue and not transport.is_closing():
+                reply = await self._session.respond(self._queue.popleft())
+                if transport.is_closing():
+                    break
+                transport.write(reply)
+                if self._drain_waiter is not None:
+                    await self._drain_waiter
+                if (
+                    self._reading_paused
+                    and not self._listener.draining
+                    and len(self._queue) < self._limits.max_queued // 2
+                ):
+                    self._reading_paused = False
+                    transport.resume_reading()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("request handler failed; closing connection", extra={"listener": self._listener.name})
+            transport.abort()
+        finally:
+            self._worker = None
+            self._last_activity = self._loop.time()
+        if self._listener.draining or self._eof:
+            transport.close()
+
+    # --- lifetimes -----------------------------------------------------------------------------
+
+    def _check_timeout(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        now = self._loop.time()
+        writing_blocked = self._drain_waiter is not None
+        if self._worker is not None and not writing_blocked:
+            deadline = now + self._limits.idle_timeout  # a lookup is running; userli's timeout bounds it
+        elif writing_blocked:
+            deadline = self._last_activity + self._limits.stall_timeout
+        elif self._partial_since is not None:
+            deadline = self._partial_since + self._limits.stall_timeout
+        elif not self._in_pool:
+            deadline = self._last_activity + self._limits.stall_timeout
+        else:
+            deadline = self._last_activity + self._limits.idle_timeout
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
+            return
+        reason = "stopped reading" if writing_blocked else "stalled request" if self._partial_since else "idle"
+        log.debug("closing connection", extra={"listener": self._listener.name, "reason": reason})
+        if writing_blocked:
+            transport.abort()
+        else:
+            transport.close()
+
+    def drain(self) -> None:
+        """Shutdown: read nothing more; close once the queued requests are answered."""
+        transport = self._transport
+        if transport is None:
+            return
+        if self._worker is None:
+            transport.close()
+        elif not self._reading_paused:
+            self._reading_paused = True
+            transport.pause_reading()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket file left by a dead process; refuse to touch anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody answers: stale
+    else:
+        raise OSError(f"{path} is in use by a running process")
+    finally:
+        probe.close()

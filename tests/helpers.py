@@ -1,0 +1,209 @@
+"""Test support: a real HTTP stand-in for userli, the service on its own event loop thread, and
+a plain blocking socketmap client written independently of the adapter's codec."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import unquote
+
+import uvloop
+
+from adapter.config import Config, ListenAddress
+from adapter.service import Service
+
+TOKEN = "test-token-5ecret"
+
+DATA: dict[str, dict[str, Any]] = {
+    "alias": {
+        "alias@example.org": ["user@example.org"],
+        "team@example.org": ["user@example.org", "other@example.org"],
+        "user@example.org": [],
+    },
+    "domain": {"example.org": True},
+    "mailbox": {"user@example.org": True, "other@example.org": True},
+    "senders": {"user@example.org": ["user@example.org", "alias@example.org"]},
+}
+NOT_FOUND_BODY = {"alias": [], "senders": [], "domain": False, "mailbox": False}
+
+
+class UserliStub:
+    """A userli look-alike on loopback. ``behaviour`` can override answers per test:
+    a callable (map, key) -> (status, body bytes) or None for the normal data set."""
+
+    def __init__(self, data: dict[str, dict[str, Any]] | None = None, token: str = TOKEN) -> None:
+        self.data = data if data is not None else DATA
+        self.token = token
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.behaviour: Callable[[str, str], tuple[int, bytes] | None] | None = None
+        self.delay = 0.0
+        self._server: ThreadingHTTPServer | None = None
+        self._port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    def paths(self) -> list[str]:
+        return [path for path, _ in self.requests]
+
+    def start(self) -> UserliStub:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                stub.requests.append((self.path, dict(self.headers)))
+                if stub.delay:
+                    time.sleep(stub.delay)
+                status, body = stub.answer(self.path, self.headers.get("Authorization", ""))
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), Handler)
+        self._server.daemon_threads = True
+        self._port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
+        if authorization != f"Bearer {self.token}":
+            return 401, b'{"error":"Invalid API token"}'
+        parts = path.split("/")  # '', 'api', 'postfix', map, key
+        if len(parts) != 5 or parts[1:3] != ["api", "postfix"] or parts[3] not in NOT_FOUND_BODY or not parts[4]:
+            return 404, b'{"error":{"message":"No route found","code":404}}'
+        map_name, key = parts[3], unquote(parts[4])
+        if self.behaviour is not None:
+            answer = self.behaviour(map_name, key)
+            if answer is not None:
+                return answer
+        return 200, json.dumps(self.data.get(map_name, {}).get(key, NOT_FOUND_BODY[map_name])).encode()
+
+
+def config_for(stub_url: str, **overrides: Any) -> Config:
+    base = Config(
+        userli_token=TOKEN,
+        userli_base_url=stub_url,
+        userli_timeout=2.0,
+        socketmap_address=ListenAddress(host="127.0.0.1", port=0),
+        metrics_address=ListenAddress(host="127.0.0.1", port=0),
+        shutdown_timeout=5.0,
+    )
+    return replace(base, **overrides)
+
+
+class RunningService:
+    """The real Service on a uvloop event loop in a background thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.loop = uvloop.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.service: Service = self.call(self._create(config))
+        self.call(self.service.start())
+
+    @staticmethod
+    async def _create(config: Config) -> Service:
+        return Service(config)
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Any) -> Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    @property
+    def socketmap_port(self) -> int:
+        port = self.service.socketmap.bound.port
+        assert port is not None
+        return port
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.service.http.bound.port}"
+
+    def stop(self) -> None:
+        if not self.loop.is_closed():
+            self.call(self.service.stop())
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            self.loop.close()
+
+
+def netstring(payload: bytes) -> bytes:
+    return str(len(payload)).encode() + b":" + payload + b","
+
+
+class SocketmapClient:
+    """A blocking socketmap client, like one Postfix process: one connection, many lookups."""
+
+    def __init__(self, address: int | str, timeout: float = 10.0) -> None:
+        if isinstance(address, int):
+            self.sock = socket.create_connection(("127.0.0.1", address), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(address)
+        self._buffer = b""
+
+    def __enter__(self) -> SocketmapClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, raw: bytes) -> None:
+        self.sock.sendall(raw)
+
+    def query(self, name: str, key: str) -> str:
+        self.send(netstring(f"{name} {key}".encode()))
+        return self.read_reply()
+
+    def read_reply(self) -> str:
+        while b":" not in self._buffer:
+            self._fill()
+        length_text, _, rest = self._buffer.partition(b":")
+        length = int(length_text)
+        while len(rest) < length + 1:
+            self._fill()
+            rest = self._buffer.partition(b":")[2]
+        assert rest[length : length + 1] == b",", f"bad netstring terminator in {self._buffer!r}"
+        self._buffer = rest[length + 1 :]
+        return rest[:length].decode()
+
+    def closed_by_server(self) -> bool:
+        """True when the server closed the connection (EOF or reset) within the socket timeout."""
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        self._buffer += chunk
