@@ -34,7 +34,7 @@ class NetstringDecoder:
     @property
     def pending(self) -> bool:
         """True while part of a netstring is buffered (a request is half received)."""
-        return bool(self._buffer)
+        return self._expected is not None or bool(self._buffer)
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the payloads completed by them, in order."""

@@ -1,0 +1,124 @@
+"""Configuration from the environment: defaults, parsing, and one-line errors naming the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from adapter.config import Config, ConfigError, ListenAddress, parse_duration, parse_listen_address
+
+
+def test_defaults() -> None:
+    config = Config.from_env({"USERLI_TOKEN": "abc"})
+    assert config.userli_token == "abc"
+    assert config.userli_base_url == "http://localhost:8000"
+    assert config.userli_timeout == 5.0
+    assert config.recipient_delimiter == ""
+    assert config.socketmap_address == ListenAddress(port=10001)
+    assert config.metrics_address == ListenAddress(port=10002)
+    assert config.socketmap_socket_mode == 0o666
+    assert config.max_connections == 500
+    assert config.idle_timeout == 60.0
+    assert (config.log_level, config.log_format) == ("info", "json")
+
+
+def test_everything_set() -> None:
+    config = Config.from_env(
+        {
+            "USERLI_TOKEN": "abc",
+            "USERLI_BASE_URL": "https://userli.example.org/prefix/",
+            "USERLI_TIMEOUT": "1500ms",
+            "POSTFIX_RECIPIENT_DELIMITER": "+-+",
+            "SOCKETMAP_LISTEN_ADDR": "/run/adapter/socketmap.sock",
+            "SOCKETMAP_SOCKET_MODE": "0660",
+            "METRICS_LISTEN_ADDR": "[::1]:9000",
+            "MAX_CONNECTIONS": "20",
+            "IDLE_TIMEOUT": "2m",
+            "SHUTDOWN_TIMEOUT": "30",
+            "LOG_LEVEL": "WARN",
+            "LOG_FORMAT": "text",
+        }
+    )
+    assert config.userli_base_url == "https://userli.example.org/prefix"
+    assert config.userli_timeout == 1.5
+    assert config.recipient_delimiter == "+-"
+    assert config.socketmap_address == ListenAddress(path="/run/adapter/socketmap.sock")
+    assert config.socketmap_socket_mode == 0o660
+    assert config.metrics_address == ListenAddress(host="::1", port=9000)
+    assert config.max_connections == 20
+    assert config.idle_timeout == 120.0
+    assert config.shutdown_timeout == 30.0
+    assert (config.log_level, config.log_format) == ("warning", "text")
+
+
+def test_token_from_file(tmp_path: Path) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("from-file\n")
+    config = Config.from_env({"USERLI_TOKEN_FILE": str(secret)})
+    assert config.userli_token == "from-file"
+    assert config.token_source == "USERLI_TOKEN_FILE"
+
+
+def test_token_never_in_repr_or_summary() -> None:
+    config = Config.from_env({"USERLI_TOKEN": "sup3r-secret"})
+    assert "sup3r-secret" not in repr(config)
+    assert "sup3r-secret" not in str(config.summary())
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({}, "USERLI_TOKEN"),
+        ({"USERLI_TOKEN": "  "}, "USERLI_TOKEN"),
+        ({"USERLI_TOKEN": "a b"}, "USERLI_TOKEN"),
+        ({"USERLI_TOKEN": "a", "USERLI_TOKEN_FILE": "/x"}, "USERLI_TOKEN_FILE"),
+        ({"USERLI_TOKEN_FILE": "/nonexistent/token"}, "USERLI_TOKEN_FILE"),
+        ({"USERLI_TOKEN": "a", "USERLI_BASE_URL": "ftp://x"}, "USERLI_BASE_URL"),
+        ({"USERLI_TOKEN": "a", "USERLI_BASE_URL": "userli:8000"}, "USERLI_BASE_URL"),
+        ({"USERLI_TOKEN": "a", "USERLI_BASE_URL": "http://x/?q=1"}, "USERLI_BASE_URL"),
+        ({"USERLI_TOKEN": "a", "USERLI_TIMEOUT": "5 seconds"}, "USERLI_TIMEOUT"),
+        ({"USERLI_TOKEN": "a", "USERLI_TIMEOUT": "0"}, "USERLI_TIMEOUT"),
+        ({"USERLI_TOKEN": "a", "USERLI_TIMEOUT": "2m"}, "USERLI_TIMEOUT"),  # too close to Postfix's 100 s
+        ({"USERLI_TOKEN": "a", "POSTFIX_RECIPIENT_DELIMITER": "@"}, "POSTFIX_RECIPIENT_DELIMITER"),
+        ({"USERLI_TOKEN": "a", "POSTFIX_RECIPIENT_DELIMITER": "+ "}, "POSTFIX_RECIPIENT_DELIMITER"),
+        ({"USERLI_TOKEN": "a", "SOCKETMAP_LISTEN_ADDR": "10001"}, "SOCKETMAP_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "SOCKETMAP_LISTEN_ADDR": "::1:10001"}, "SOCKETMAP_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "SOCKETMAP_LISTEN_ADDR": "host:99999"}, "SOCKETMAP_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "SOCKETMAP_SOCKET_MODE": "rw"}, "SOCKETMAP_SOCKET_MODE"),
+        ({"USERLI_TOKEN": "a", "SOCKETMAP_SOCKET_MODE": "0999"}, "SOCKETMAP_SOCKET_MODE"),
+        ({"USERLI_TOKEN": "a", "METRICS_LISTEN_ADDR": "localhost"}, "METRICS_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "MAX_CONNECTIONS": "0"}, "MAX_CONNECTIONS"),
+        ({"USERLI_TOKEN": "a", "MAX_CONNECTIONS": "lots"}, "MAX_CONNECTIONS"),
+        ({"USERLI_TOKEN": "a", "IDLE_TIMEOUT": "-1s"}, "IDLE_TIMEOUT"),
+        ({"USERLI_TOKEN": "a", "LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
+        ({"USERLI_TOKEN": "a", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ],
+)
+def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env(env)
+    message = str(caught.value)
+    assert message.startswith(f"{variable}: ")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600), ("1m30s", 90), ("30", 30), ("2.5", 2.5)]
+)
+def test_parse_duration(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        (":10001", ListenAddress(port=10001)),
+        ("127.0.0.1:10001", ListenAddress(host="127.0.0.1", port=10001)),
+        ("localhost:0", ListenAddress(host="localhost", port=0)),
+        ("[::1]:10001", ListenAddress(host="::1", port=10001)),
+        ("/var/spool/postfix/private/userli", ListenAddress(path="/var/spool/postfix/private/userli")),
+    ],
+)
+def test_parse_listen_address(text: str, address: ListenAddress) -> None:
+    assert parse_listen_address(text) == address
