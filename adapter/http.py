@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 import h11
 
 from adapter.config import ListenAddress
+from adapter.server import bound_address
 
 __all__ = ["HttpServer", "Response", "Route", "json_response"]
 
@@ -44,23 +45,23 @@ class HttpServer:
         self.address = address
         self._routes = routes
         self._server: asyncio.Server | None = None
+        self._bound: ListenAddress | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
 
     @property
     def bound(self) -> ListenAddress:
-        assert self._server is not None
-        if self.address.path is not None:
-            return self.address
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return ListenAddress(host=host, port=port)
+        """The address actually bound (the real port when the configured port was 0)."""
+        assert self._bound is not None, "not started"
+        return self._bound
 
     async def start(self) -> None:
         if self.address.path is not None:
             self._server = await asyncio.start_unix_server(self._serve, self.address.path)
         else:
             self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
-        log.info("listening", extra={"listener": "http", "addr": str(self.bound)})
+        self._bound = bound_address(self._server, self.address)
+        log.info("listening", extra={"listener": "http", "addr": str(self._bound)})
 
     async def close(self) -> None:
         if self._server is not None:

@@ -80,6 +80,7 @@ class Listener:
         self.hooks = hooks
         self._socket_mode = socket_mode
         self._server: asyncio.Server | None = None
+        self._bound: ListenAddress | None = None
         self._active: set[_Connection] = set()
         self._over_limit: set[_Connection] = set()
         self._all_closed = asyncio.Event()
@@ -93,11 +94,8 @@ class Listener:
     @property
     def bound(self) -> ListenAddress:
         """The address actually bound (the real port when the configured port was 0)."""
-        assert self._server is not None
-        if self.address.path is not None:
-            return self.address
-        host, port = self._server.sockets[0].getsockname()[:2]
-        return ListenAddress(host=host, port=port)
+        assert self._bound is not None, "not started"
+        return self._bound
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -110,7 +108,8 @@ class Listener:
             self._server = await loop.create_server(
                 factory, self.address.host, self.address.port, backlog=1024, reuse_address=True
             )
-        log.info("listening", extra={"listener": self.name, "addr": str(self.bound)})
+        self._bound = bound_address(self._server, self.address)
+        log.info("listening", extra={"listener": self.name, "addr": str(self._bound)})
 
     async def close(self, grace: float) -> None:
         """Stop accepting, answer what was already received (up to ``grace`` seconds), close."""
@@ -206,6 +205,7 @@ class _Connection(asyncio.Protocol):
         if self._session.pending:
             if self._partial_since is None:
                 self._partial_since = now
+                self._arm(now + self._limits.stall_timeout)
         else:
             self._partial_since = None
         if not requests:
@@ -229,6 +229,7 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._drain_waiter = self._loop.create_future()
         self._last_activity = self._loop.time()
+        self._arm(self._last_activity + self._limits.stall_timeout)
 
     def resume_writing(self) -> None:
         waiter, self._drain_waiter = self._drain_waiter, None
@@ -302,6 +303,12 @@ class _Connection(asyncio.Protocol):
         else:
             transport.close()
 
+    def _arm(self, deadline: float) -> None:
+        """Make the timer fire no later than ``deadline`` (it is otherwise only pushed back lazily)."""
+        if self._timer is not None and self._timer.when() > deadline:
+            self._timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
+
     def drain(self) -> None:
         """Shutdown: read nothing more; close once the queued requests are answered."""
         transport = self._transport
@@ -316,6 +323,14 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def bound_address(server: asyncio.Server, configured: ListenAddress) -> ListenAddress:
+    """The address a server really listens on (the kernel's port when the configured one was 0)."""
+    if configured.path is not None:
+        return configured
+    host, port = server.sockets[0].getsockname()[:2]
+    return ListenAddress(host=host, port=port)
 
 
 def _remove_stale_socket(path: str) -> None:

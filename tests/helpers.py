@@ -113,25 +113,38 @@ def config_for(stub_url: str, **overrides: Any) -> Config:
     return replace(base, **overrides)
 
 
-class RunningService:
-    """The real Service on a uvloop event loop in a background thread."""
+class LoopThread:
+    """A uvloop event loop running in a background thread; tests talk to it over sockets."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self) -> None:
         self.loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.service: Service = self.call(self._create(config))
-        self.call(self.service.start())
-
-    @staticmethod
-    async def _create(config: Config) -> Service:
-        return Service(config)
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def submit(self, coro: Any) -> Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+            self.loop.close()
+
+
+class RunningService(LoopThread):
+    """The real Service on its own loop thread."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.service: Service = self.call(self._create(config))
+        self.call(self.service.start())
+
+    @staticmethod
+    async def _create(config: Config) -> Service:
+        return Service(config)
 
     @property
     def socketmap_port(self) -> int:
@@ -146,9 +159,15 @@ class RunningService:
     def stop(self) -> None:
         if not self.loop.is_closed():
             self.call(self.service.stop())
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(5)
-            self.loop.close()
+        self.close()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
 
 
 def netstring(payload: bytes) -> bytes:
