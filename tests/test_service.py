@@ -1,0 +1,287 @@
+"""The whole service on loopback: real socketmap clients over TCP and UNIX sockets, a real HTTP
+stand-in for userli, and /metrics, /health, /ready over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from helpers import RunningService, SocketmapClient, UserliStub, config_for, netstring, wait_until
+
+from adapter.config import parse_listen_address
+
+
+def http_get(url: str) -> tuple[int, bytes, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read(), response.headers["Content-Type"]
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), exc.headers["Content-Type"]
+
+
+EXPECTED = [
+    ("alias", "alias@example.org", "OK user@example.org"),
+    ("alias", "Team@EXAMPLE.org", "OK user@example.org,other@example.org"),
+    ("alias", "user@example.org", "NOTFOUND "),
+    ("alias", "nobody@example.org", "NOTFOUND "),
+    ("alias", "example.org", "NOTFOUND "),  # bare domain, as Postfix asks it
+    ("domain", "example.org", "OK 1"),
+    ("domain", "Example.ORG", "OK 1"),
+    ("domain", "example.com", "NOTFOUND "),
+    ("mailbox", "user@example.org", "OK 1"),
+    ("mailbox", "USER@example.org", "OK 1"),
+    ("mailbox", "ghost@example.org", "NOTFOUND "),
+    ("senders", "user@example.org", "OK user@example.org,alias@example.org"),
+    ("senders", "ghost@example.org", "NOTFOUND "),
+    ("relay", "user@example.org", "PERM unknown map name"),
+]
+
+
+def test_lookups_over_tcp(adapter: RunningService) -> None:
+    with SocketmapClient(adapter.socketmap_port) as client:
+        for map_name, key, reply in EXPECTED:
+            assert client.query(map_name, key) == reply, (map_name, key)
+
+
+def test_many_lookups_on_one_connection(adapter: RunningService, userli: UserliStub) -> None:
+    with SocketmapClient(adapter.socketmap_port) as client:
+        for _ in range(20):
+            for map_name, key, reply in EXPECTED:
+                assert client.query(map_name, key) == reply
+    assert len(userli.requests) == 20 * (len(EXPECTED) - 1)  # PERM asks nobody
+
+
+def test_lookups_over_a_unix_socket(userli: UserliStub, tmp_path: Path) -> None:
+    path = tmp_path / "socketmap.sock"
+    running = RunningService(
+        config_for(userli.url, socketmap_address=parse_listen_address(str(path)), socketmap_socket_mode=0o660)
+    )
+    try:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+        with SocketmapClient(str(path)) as client:
+            for map_name, key, reply in EXPECTED:
+                assert client.query(map_name, key) == reply
+    finally:
+        running.stop()
+    assert not path.exists()  # removed on exit
+
+
+def test_pipelined_requests_answered_in_order(adapter: RunningService) -> None:
+    with SocketmapClient(adapter.socketmap_port) as client:
+        client.send(b"".join(netstring(f"{m} {k}".encode()) for m, k, _ in EXPECTED * 3))
+        assert [client.read_reply() for _ in range(len(EXPECTED) * 3)] == [r for _, _, r in EXPECTED * 3]
+
+
+def test_request_split_across_writes(adapter: RunningService) -> None:
+    with SocketmapClient(adapter.socketmap_port) as client:
+        wire = netstring(b"mailbox user@example.org")
+        for i in range(len(wire)):
+            client.send(wire[i : i + 1])
+        assert client.read_reply() == "OK 1"
+
+
+def test_concurrent_connections(adapter: RunningService) -> None:
+    def one_client(_: int) -> bool:
+        with SocketmapClient(adapter.socketmap_port) as client:
+            return all(client.query(m, k) == r for _ in range(2) for m, k, r in EXPECTED)
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        assert all(pool.map(one_client, range(40)))
+
+
+def test_slow_userli_call_does_not_block_other_connections(adapter: RunningService, userli: UserliStub) -> None:
+    release = threading.Event()
+
+    def hold_slow(map_name: str, key: str) -> tuple[int, bytes] | None:
+        if key == "slow@example.org":
+            release.wait(10)
+        return None
+
+    userli.behaviour = hold_slow
+    slow = SocketmapClient(adapter.socketmap_port)
+    slow.send(netstring(b"mailbox slow@example.org"))
+    wait_until(lambda: "/api/postfix/mailbox/slow@example.org" in userli.paths())
+    with SocketmapClient(adapter.socketmap_port) as fast:
+        assert fast.query("domain", "example.org") == "OK 1"  # answered while the slow one hangs
+    release.set()
+    assert slow.read_reply() == "NOTFOUND "
+    slow.close()
+
+
+def test_broken_framing_closes_only_that_connection(adapter: RunningService) -> None:
+    with SocketmapClient(adapter.socketmap_port) as good, SocketmapClient(adapter.socketmap_port) as bad:
+        assert good.query("domain", "example.org") == "OK 1"
+        bad.send(b"99999999:")  # over the length cap
+        assert bad.closed_by_server()
+        assert good.query("domain", "example.org") == "OK 1"
+
+
+def test_userli_down_is_temp_never_notfound(userli: UserliStub) -> None:
+    running = RunningService(config_for(userli.url, userli_timeout=1.0))
+    try:
+        userli.stop()
+        with SocketmapClient(running.socketmap_port) as client:
+            for map_name, key, _ in EXPECTED[:-1]:
+                reply = client.query(map_name, key)
+                if reply != "NOTFOUND ":  # keys answered locally never reach userli
+                    assert reply == "TEMP userli unreachable", (map_name, key, reply)
+            assert client.query("mailbox", "nobody@example.org") == "TEMP userli unreachable"
+    finally:
+        running.stop()
+
+
+def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> None:
+    answers = {
+        "s500@example.org": (500, b'{"error":"boom"}'),
+        "s401@example.org": (401, b'{"error":"Invalid API token"}'),
+        "html@example.org": (200, b"<html>maintenance</html>"),
+        "wrong@example.org": (200, b'{"error":"x"}'),
+    }
+    userli.behaviour = lambda map_name, key: answers.get(key)
+    with SocketmapClient(adapter.socketmap_port) as client:
+        assert client.query("mailbox", "s500@example.org") == "TEMP userli status 500"
+        assert client.query("mailbox", "s401@example.org") == "TEMP userli status 401"
+        assert client.query("mailbox", "html@example.org") == "TEMP userli sent invalid JSON"
+        assert client.query("alias", "wrong@example.org") == "TEMP userli sent unexpected data"
+
+
+def test_wrong_token_is_temp(userli: UserliStub) -> None:
+    running = RunningService(config_for(userli.url, userli_token="wrong-token"))
+    try:
+        with SocketmapClient(running.socketmap_port) as client:
+            assert client.query("mailbox", "user@example.org") == "TEMP userli status 401"
+    finally:
+        running.stop()
+
+
+def test_timeout_is_temp(userli: UserliStub) -> None:
+    userli.delay = 1.0
+    running = RunningService(config_for(userli.url, userli_timeout=0.2))
+    try:
+        with SocketmapClient(running.socketmap_port) as client:
+            assert client.query("mailbox", "user@example.org") == "TEMP userli timeout"
+    finally:
+        running.stop()
+
+
+def test_pool_limit_answers_temp_server_busy(userli: UserliStub) -> None:
+    running = RunningService(config_for(userli.url, max_connections=2))
+    try:
+        first, second = SocketmapClient(running.socketmap_port), SocketmapClient(running.socketmap_port)
+        assert first.query("domain", "example.org") == "OK 1"
+        assert second.query("domain", "example.org") == "OK 1"
+        with SocketmapClient(running.socketmap_port) as third:
+            assert third.query("domain", "example.org") == "TEMP server busy"
+            assert third.closed_by_server()
+        body = http_get(running.http_url + "/metrics")[1]
+        assert b"userli_postfix_adapter_connection_pool_full_total 1.0" in body
+        assert b"userli_postfix_adapter_active_connections 2.0" in body
+        first.close()
+        second.close()
+    finally:
+        running.stop()
+
+
+def test_idle_connection_closed(userli: UserliStub) -> None:
+    running = RunningService(config_for(userli.url, idle_timeout=0.3))
+    try:
+        with SocketmapClient(running.socketmap_port) as client:
+            assert client.query("domain", "example.org") == "OK 1"
+            assert client.closed_by_server()
+    finally:
+        running.stop()
+
+
+def test_graceful_shutdown_finishes_the_lookup_in_flight(adapter: RunningService, userli: UserliStub) -> None:
+    release = threading.Event()
+    userli.behaviour = lambda m, k: (release.wait(10), None)[1] if k == "inflight@example.org" else None
+    client = SocketmapClient(adapter.socketmap_port)
+    client.send(netstring(b"mailbox inflight@example.org"))
+    wait_until(lambda: "/api/postfix/mailbox/inflight@example.org" in userli.paths())
+    stopping = adapter.submit(adapter.service.stop())
+    wait_until(lambda: adapter.service.stopping)
+    assert http_get(adapter.http_url + "/ready")[0] == 503
+    release.set()
+    assert client.read_reply() == "NOTFOUND "
+    assert client.closed_by_server()
+    stopping.result(10)
+    client.close()
+
+
+def test_health(adapter: RunningService) -> None:
+    status, body, content_type = http_get(adapter.http_url + "/health")
+    assert (status, json.loads(body), content_type) == (200, {"status": "ok"}, "application/json")
+
+
+def test_ready_when_userli_answers(adapter: RunningService, userli: UserliStub) -> None:
+    status, body, _ = http_get(adapter.http_url + "/ready")
+    assert (status, json.loads(body)) == (200, {"status": "ready"})
+    assert "/api/postfix/domain/health-check.invalid" in userli.paths()
+    assert b"userli_postfix_adapter_health_check_status 1.0" in http_get(adapter.http_url + "/metrics")[1]
+
+
+def test_not_ready_when_userli_is_down(adapter: RunningService, userli: UserliStub) -> None:
+    userli.stop()
+    status, body, _ = http_get(adapter.http_url + "/ready")
+    assert status == 503
+    assert json.loads(body) == {"status": "unavailable", "error": "userli unreachable"}
+    assert b"userli_postfix_adapter_health_check_status 0.0" in http_get(adapter.http_url + "/metrics")[1]
+    assert http_get(adapter.http_url + "/health")[0] == 200  # liveness does not depend on userli
+
+
+def test_not_ready_when_the_token_is_rejected(userli: UserliStub) -> None:
+    running = RunningService(config_for(userli.url, userli_token="revoked"))
+    try:
+        status, body, _ = http_get(running.http_url + "/ready")
+        assert (status, json.loads(body)["error"]) == (503, "userli status 401")
+    finally:
+        running.stop()
+
+
+def test_unknown_path_is_404(adapter: RunningService) -> None:
+    assert http_get(adapter.http_url + "/nope")[0] == 404
+
+
+def test_metrics(adapter: RunningService) -> None:
+    with SocketmapClient(adapter.socketmap_port) as client:
+        for map_name, key, _ in EXPECTED:
+            client.query(map_name, key)
+        client.query("an-unknown-map", "secret-user@example.org")
+    status, body, content_type = http_get(adapter.http_url + "/metrics")
+    text = body.decode()
+    assert status == 200
+    assert content_type.startswith("text/plain")
+    for line in (
+        'userli_postfix_adapter_requests_total{handler="alias",status="success"} 2.0',
+        'userli_postfix_adapter_requests_total{handler="alias",status="notfound"} 3.0',
+        'userli_postfix_adapter_requests_total{handler="domain",status="success"} 2.0',
+        'userli_postfix_adapter_requests_total{handler="unknown",status="error"} 2.0',
+        'userli_postfix_adapter_http_client_requests_total{endpoint="mailbox",status_code="200"} 3.0',
+        "userli_postfix_adapter_active_connections 0.0",
+        'userli_postfix_adapter_build_info{version="',
+        "userli_postfix_adapter_request_duration_seconds_bucket",
+        "userli_postfix_adapter_http_client_duration_seconds_bucket",
+        "process_resident_memory_bytes",
+    ):
+        assert line in text, line
+    assert "@" not in text  # no address ever becomes a label
+    assert "an-unknown-map" not in text
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/health"])
+def test_http_keep_alive(adapter: RunningService, path: str) -> None:
+    import http.client
+
+    port = adapter.service.http.bound.port
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for _ in range(3):
+        conn.request("GET", path)
+        response = conn.getresponse()
+        assert response.status == 200
+        response.read()
+    conn.close()
