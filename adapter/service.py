@@ -46,8 +46,11 @@ class Service:
 
     async def start(self) -> None:
         try:
-            await self.socketmap.start()
-            await self.http.start()
+            for variable, server in (("SOCKETMAP_LISTEN_ADDR", self.socketmap), ("METRICS_LISTEN_ADDR", self.http)):
+                try:
+                    await server.start()
+                except OSError as exc:
+                    raise OSError(f"{variable}={server.address}: {exc.strerror or exc}") from exc
         except BaseException:
             await self.stop()
             raise

@@ -4,6 +4,7 @@ a plain blocking socketmap client written independently of the adapter's codec."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -47,6 +48,7 @@ class UserliStub:
         self.delay = 0.0
         self._server: ThreadingHTTPServer | None = None
         self._port = 0
+        self._open: set[socket.socket] = set()
 
     @property
     def url(self) -> str:
@@ -64,6 +66,14 @@ class UserliStub:
 
             def log_message(self, *args: object) -> None:
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                stub._open.add(self.connection)
+
+            def finish(self) -> None:
+                stub._open.discard(self.connection)
+                super().finish()
 
             def do_GET(self) -> None:
                 stub.requests.append((self.path, dict(self.headers)))
@@ -83,10 +93,14 @@ class UserliStub:
         return self
 
     def stop(self) -> None:
+        """Down for real: no listener, and every kept-alive connection is cut as well."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        for conn in list(self._open):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
     def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
         if authorization != f"Bearer {self.token}":
