@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from helpers import RunningService, UserliStub, config_for
@@ -14,7 +15,20 @@ def userli() -> Iterator[UserliStub]:
 
 
 @pytest.fixture
-def adapter(userli: UserliStub) -> Iterator[RunningService]:
-    running = RunningService(config_for(userli.url))
-    yield running
-    running.stop()
+def start_adapter(userli: UserliStub) -> Iterator[Callable[..., RunningService]]:
+    """Start the service against the stub with config overrides; every one is stopped at teardown."""
+    started: list[RunningService] = []
+
+    def start(**overrides: Any) -> RunningService:
+        running = RunningService(config_for(userli.url, **overrides))
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+@pytest.fixture
+def adapter(start_adapter: Callable[..., RunningService]) -> RunningService:
+    return start_adapter()

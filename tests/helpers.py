@@ -177,6 +177,9 @@ class RunningService(LoopThread):
         self.close()
 
 
+StartAdapter = Callable[..., RunningService]  # the start_adapter fixture: config overrides -> service
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -9,11 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import RunningService, UserliStub, config_for
+from helpers import RunningService, StartAdapter, UserliStub
 
 from adapter.config import parse_listen_address
 
@@ -109,8 +108,8 @@ def test_unknown_map_is_a_permanent_error(tcp: Postmap) -> None:
     assert "socketmap server permanent error: unknown map name" in result.stderr
 
 
-def test_adapter_down_is_an_error(postmap: str, config_dir: str, userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url))
+def test_adapter_down_is_an_error(postmap: str, config_dir: str, start_adapter: StartAdapter) -> None:
+    running = start_adapter()
     endpoint = f"inet:127.0.0.1:{running.socketmap_port}"
     running.stop()
     result = Postmap(postmap, config_dir, endpoint).query("mailbox", "user@example.org")
@@ -118,23 +117,19 @@ def test_adapter_down_is_an_error(postmap: str, config_dir: str, userli: UserliS
     assert "Connection refused" in result.stderr
 
 
-def test_recipient_delimiter(postmap: str, config_dir: str, userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, recipient_delimiter="+"))
-    try:
-        pm = Postmap(postmap, config_dir, f"inet:127.0.0.1:{running.socketmap_port}")
-        result = pm.query("alias", "alias+newsletter@example.org")
-        assert (result.returncode, result.stdout) == (0, "user@example.org\n")
-        assert pm.query("mailbox", "user+tag@example.org").stdout == "1\n"
-    finally:
-        running.stop()
+def test_recipient_delimiter(postmap: str, config_dir: str, start_adapter: StartAdapter) -> None:
+    running = start_adapter(recipient_delimiter="+")
+    pm = Postmap(postmap, config_dir, f"inet:127.0.0.1:{running.socketmap_port}")
+    result = pm.query("alias", "alias+newsletter@example.org")
+    assert (result.returncode, result.stdout) == (0, "user@example.org\n")
+    assert pm.query("mailbox", "user+tag@example.org").stdout == "1\n"
 
 
 @pytest.fixture
-def unix_adapter(userli: UserliStub, tmp_path: Path) -> Iterator[str]:
+def unix_adapter(start_adapter: StartAdapter, tmp_path: Path) -> str:
     path = str(tmp_path / "adapter.sock")
-    running = RunningService(config_for(userli.url, socketmap_address=parse_listen_address(path)))
-    yield path
-    running.stop()
+    start_adapter(socketmap_address=parse_listen_address(path))
+    return path
 
 
 def test_unix_socket(postmap: str, config_dir: str, unix_adapter: str) -> None:

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import RunningService, SocketmapClient, UserliStub, config_for, netstring, wait_until
+from helpers import RunningService, SocketmapClient, StartAdapter, UserliStub, netstring, wait_until
 
 from adapter.config import parse_listen_address
 
@@ -56,18 +56,14 @@ def test_many_lookups_on_one_connection(adapter: RunningService, userli: UserliS
     assert len(userli.requests) == 20 * (len(EXPECTED) - 1)  # PERM asks nobody
 
 
-def test_lookups_over_a_unix_socket(userli: UserliStub, tmp_path: Path) -> None:
+def test_lookups_over_a_unix_socket(start_adapter: StartAdapter, tmp_path: Path) -> None:
     path = tmp_path / "socketmap.sock"
-    running = RunningService(
-        config_for(userli.url, socketmap_address=parse_listen_address(str(path)), socketmap_socket_mode=0o660)
-    )
-    try:
-        assert oct(path.stat().st_mode & 0o777) == oct(0o660)
-        with SocketmapClient(str(path)) as client:
-            for map_name, key, reply in EXPECTED:
-                assert client.query(map_name, key) == reply
-    finally:
-        running.stop()
+    running = start_adapter(socketmap_address=parse_listen_address(str(path)), socketmap_socket_mode=0o660)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o660)
+    with SocketmapClient(str(path)) as client:
+        for map_name, key, reply in EXPECTED:
+            assert client.query(map_name, key) == reply
+    running.stop()
     assert not path.exists()  # removed on exit
 
 
@@ -121,20 +117,17 @@ def test_broken_framing_closes_only_that_connection(adapter: RunningService) -> 
         assert good.query("domain", "example.org") == "OK 1"
 
 
-def test_userli_down_is_temp_never_notfound(userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, userli_timeout=1.0))
-    try:
-        with SocketmapClient(running.socketmap_port) as client:
-            assert client.query("mailbox", "user@example.org") == "OK 1"  # keep-alive connection is warm
-            userli.stop()
-            for map_name, key, _ in EXPECTED[:-1]:
-                if key == "example.org" and map_name == "alias":
-                    continue
-                assert client.query(map_name, key) == "TEMP userli unreachable", (map_name, key)
-            # keys that can never exist are still answered, without userli
-            assert client.query("mailbox", "a/b@example.org") == "NOTFOUND "
-    finally:
-        running.stop()
+def test_userli_down_is_temp_never_notfound(userli: UserliStub, start_adapter: StartAdapter) -> None:
+    running = start_adapter(userli_timeout=1.0)
+    with SocketmapClient(running.socketmap_port) as client:
+        assert client.query("mailbox", "user@example.org") == "OK 1"  # keep-alive connection is warm
+        userli.stop()
+        for map_name, key, _ in EXPECTED[:-1]:
+            if key == "example.org" and map_name == "alias":
+                continue
+            assert client.query(map_name, key) == "TEMP userli unreachable", (map_name, key)
+        # keys that can never exist are still answered, without userli
+        assert client.query("mailbox", "a/b@example.org") == "NOTFOUND "
 
 
 def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> None:
@@ -152,51 +145,39 @@ def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> 
         assert client.query("alias", "wrong@example.org") == "TEMP userli sent unexpected data"
 
 
-def test_wrong_token_is_temp(userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, userli_token="wrong-token"))
-    try:
-        with SocketmapClient(running.socketmap_port) as client:
-            assert client.query("mailbox", "user@example.org") == "TEMP userli status 401"
-    finally:
-        running.stop()
+def test_wrong_token_is_temp(start_adapter: StartAdapter) -> None:
+    running = start_adapter(userli_token="wrong-token")
+    with SocketmapClient(running.socketmap_port) as client:
+        assert client.query("mailbox", "user@example.org") == "TEMP userli status 401"
 
 
-def test_timeout_is_temp(userli: UserliStub) -> None:
+def test_timeout_is_temp(userli: UserliStub, start_adapter: StartAdapter) -> None:
     userli.delay = 1.0
-    running = RunningService(config_for(userli.url, userli_timeout=0.2))
-    try:
-        with SocketmapClient(running.socketmap_port) as client:
-            assert client.query("mailbox", "user@example.org") == "TEMP userli timeout"
-    finally:
-        running.stop()
+    running = start_adapter(userli_timeout=0.2)
+    with SocketmapClient(running.socketmap_port) as client:
+        assert client.query("mailbox", "user@example.org") == "TEMP userli timeout"
 
 
-def test_pool_limit_answers_temp_server_busy(userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, max_connections=2))
-    try:
-        first, second = SocketmapClient(running.socketmap_port), SocketmapClient(running.socketmap_port)
-        assert first.query("domain", "example.org") == "OK 1"
-        assert second.query("domain", "example.org") == "OK 1"
-        with SocketmapClient(running.socketmap_port) as third:
-            assert third.query("domain", "example.org") == "TEMP server busy"
-            assert third.closed_by_server()
-        body = http_get(running.http_url + "/metrics")[1]
-        assert b"userli_postfix_adapter_connection_pool_full_total 1.0" in body
-        assert b"userli_postfix_adapter_active_connections 2.0" in body
-        first.close()
-        second.close()
-    finally:
-        running.stop()
+def test_pool_limit_answers_temp_server_busy(start_adapter: StartAdapter) -> None:
+    running = start_adapter(max_connections=2)
+    first, second = SocketmapClient(running.socketmap_port), SocketmapClient(running.socketmap_port)
+    assert first.query("domain", "example.org") == "OK 1"
+    assert second.query("domain", "example.org") == "OK 1"
+    with SocketmapClient(running.socketmap_port) as third:
+        assert third.query("domain", "example.org") == "TEMP server busy"
+        assert third.closed_by_server()
+    body = http_get(running.http_url + "/metrics")[1]
+    assert b"userli_postfix_adapter_connection_pool_full_total 1.0" in body
+    assert b"userli_postfix_adapter_active_connections 2.0" in body
+    first.close()
+    second.close()
 
 
-def test_idle_connection_closed(userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, idle_timeout=0.3))
-    try:
-        with SocketmapClient(running.socketmap_port) as client:
-            assert client.query("domain", "example.org") == "OK 1"
-            assert client.closed_by_server()
-    finally:
-        running.stop()
+def test_idle_connection_closed(start_adapter: StartAdapter) -> None:
+    running = start_adapter(idle_timeout=0.3)
+    with SocketmapClient(running.socketmap_port) as client:
+        assert client.query("domain", "example.org") == "OK 1"
+        assert client.closed_by_server()
 
 
 def test_graceful_shutdown_finishes_the_lookup_in_flight(adapter: RunningService, userli: UserliStub) -> None:
@@ -236,13 +217,10 @@ def test_not_ready_when_userli_is_down(adapter: RunningService, userli: UserliSt
     assert http_get(adapter.http_url + "/health")[0] == 200  # liveness does not depend on userli
 
 
-def test_not_ready_when_the_token_is_rejected(userli: UserliStub) -> None:
-    running = RunningService(config_for(userli.url, userli_token="revoked"))
-    try:
-        status, body, _ = http_get(running.http_url + "/ready")
-        assert (status, json.loads(body)["error"]) == (503, "userli status 401")
-    finally:
-        running.stop()
+def test_not_ready_when_the_token_is_rejected(start_adapter: StartAdapter) -> None:
+    running = start_adapter(userli_token="revoked")
+    status, body, _ = http_get(running.http_url + "/ready")
+    assert (status, json.loads(body)["error"]) == (503, "userli status 401")
 
 
 def test_unknown_path_is_404(adapter: RunningService) -> None:
