@@ -13,7 +13,7 @@ from adapter.keys import lookup_keys
 from adapter.metrics import Metrics
 from adapter.protocols import socketmap
 from adapter.protocols.netstring import NetstringDecoder
-from adapter.userli import ENDPOINTS, Failure, Found, NotFound, Outcome, UserliClient
+from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, NotFound, Outcome, UserliClient
 
 __all__ = ["MAP_NAMES", "Lookups", "SocketmapSession"]
 
@@ -22,6 +22,7 @@ log = logging.getLogger("adapter.lookups")
 MAP_NAMES = ENDPOINTS
 MAX_REQUEST = 10_000  # bytes of one request netstring; real keys are a few hundred at most
 BUSY = socketmap.temp("server busy")
+INTERNAL_ERROR = socketmap.temp("internal error")
 
 
 class Lookups:
@@ -48,7 +49,7 @@ class Lookups:
 
     async def resolve(self, map_name: str, raw_key: str) -> Outcome:
         """The userli answer for a raw key, with Postfix's extension fallback."""
-        outcome: Outcome = NotFound()
+        outcome: Outcome = NOT_FOUND
         for key in lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain"):
             outcome = await self._userli.lookup(map_name, key)
             if not isinstance(outcome, NotFound):
@@ -85,7 +86,12 @@ class SocketmapSession:
         return self._decoder.feed(data)  # NetstringError: the server core closes the connection
 
     async def respond(self, request: bytes) -> bytes:
-        return await self._lookups.answer(request)
+        try:
+            return await self._lookups.answer(request)
+        except Exception:
+            # A bug must still defer mail, not drop the connection without an answer.
+            log.exception("lookup failed unexpectedly")
+            return INTERNAL_ERROR
 
     def busy(self, request: bytes) -> bytes:
         return BUSY

@@ -127,7 +127,7 @@ class Listener:
         if self._server is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), 1.0)
-        if self.address.path is not None:
+        if self.address.path is not None and self._bound is not None:  # only a socket we created
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
 

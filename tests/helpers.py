@@ -155,7 +155,11 @@ class RunningService(LoopThread):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.service: Service = self.call(self._create(config))
-        self.call(self.service.start())
+        try:
+            self.call(self.service.start())
+        except BaseException:
+            self.close()
+            raise
 
     @staticmethod
     async def _create(config: Config) -> Service:

@@ -265,3 +265,32 @@ def test_http_keep_alive(adapter: RunningService, path: str) -> None:
         assert response.status == 200
         response.read()
     conn.close()
+
+
+def test_second_instance_on_the_same_unix_socket_fails_and_leaves_the_first_alone(
+    start_adapter: StartAdapter, tmp_path: Path
+) -> None:
+    path = tmp_path / "socketmap.sock"
+    address = parse_listen_address(str(path))
+    start_adapter(socketmap_address=address)
+    with pytest.raises(OSError, match="in use"):
+        start_adapter(socketmap_address=address)
+    assert path.exists()
+    with SocketmapClient(str(path)) as client:
+        assert client.query("domain", "example.org") == "OK 1"
+
+
+def test_an_unexpected_error_is_temp_and_the_connection_stays(adapter: RunningService) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    userli_client = adapter.service.userli
+    original = userli_client.lookup
+    userli_client.lookup = broken  # type: ignore[method-assign]
+    try:
+        with SocketmapClient(adapter.socketmap_port) as client:
+            assert client.query("mailbox", "user@example.org") == "TEMP internal error"
+            userli_client.lookup = original  # type: ignore[method-assign]
+            assert client.query("mailbox", "user@example.org") == "OK 1"
+    finally:
+        userli_client.lookup = original  # type: ignore[method-assign]
