@@ -53,6 +53,13 @@ class Config:
     max_connections: int = 500
     idle_timeout: float = 60.0
     shutdown_timeout: float = 10.0
+    cache_ttl: float = 300.0  # 0: no caching of positive answers
+    negative_ttl: float = 0.0  # 0: NOTFOUND is not cached
+    stale_ttl: float = 86_400.0  # 0: never answer from a stale entry
+    cache_size: int = 100_000
+    redis_url: str = field(default="", repr=False)  # may carry a password
+    breaker_threshold: int = 20
+    breaker_cooldown: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
     token_source: str = "USERLI_TOKEN"
@@ -73,6 +80,13 @@ class Config:
             max_connections=reader.integer("MAX_CONNECTIONS", "500", minimum=1, maximum=100_000),
             idle_timeout=reader.duration("IDLE_TIMEOUT", "60s"),
             shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", "10s", maximum=3600),
+            cache_ttl=reader.duration("LOOKUP_CACHE_TTL", "300s", allow_zero=True),
+            negative_ttl=reader.duration("LOOKUP_NEGATIVE_TTL", "0", allow_zero=True),
+            stale_ttl=reader.duration("LOOKUP_STALE_TTL", "24h", maximum=30 * 86_400, allow_zero=True),
+            cache_size=reader.integer("LOOKUP_CACHE_SIZE", "100000", minimum=1, maximum=100_000_000),
+            redis_url=reader.redis_url("REDIS_URL"),
+            breaker_threshold=reader.integer("USERLI_BREAKER_THRESHOLD", "20", minimum=1, maximum=1_000_000),
+            breaker_cooldown=reader.duration("USERLI_BREAKER_COOLDOWN", "5s", maximum=3600),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
         )
@@ -80,7 +94,7 @@ class Config:
     def summary(self) -> dict[str, object]:
         """Everything worth logging at start-up; never the token itself."""
         return {
-            "userli_base_url": self.userli_base_url,
+            "userli_base_url": _redacted_url(self.userli_base_url),
             "userli_timeout": self.userli_timeout,
             "token_source": self.token_source,
             "recipient_delimiter": self.recipient_delimiter,
@@ -89,7 +103,24 @@ class Config:
             "max_connections": self.max_connections,
             "idle_timeout": self.idle_timeout,
             "shutdown_timeout": self.shutdown_timeout,
+            "lookup_cache_ttl": self.cache_ttl,
+            "lookup_negative_ttl": self.negative_ttl,
+            "lookup_stale_ttl": self.stale_ttl,
+            "lookup_cache_size": self.cache_size,
+            "redis": _redacted_url(self.redis_url) if self.redis_url else "off",
+            "userli_breaker_threshold": self.breaker_threshold,
+            "userli_breaker_cooldown": self.breaker_cooldown,
         }
+
+
+def _redacted_url(url: str) -> str:
+    """The URL without its password, fit for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=user + netloc).geturl()
 
 
 def _token(env: Mapping[str, str]) -> str:
@@ -153,14 +184,23 @@ class _Reader:
         value = self._env.get(name)
         return default if value is None or value.strip() == "" else value.strip()
 
-    def duration(self, name: str, default: str, maximum: float = 86_400) -> float:
+    def duration(self, name: str, default: str, maximum: float = 86_400, allow_zero: bool = False) -> float:
         try:
             seconds = parse_duration(self._raw(name, default))
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+        if seconds == 0 and allow_zero:
+            return 0.0
         if not 0 < seconds <= maximum:
-            raise ConfigError(f"{name}: must be more than 0 and at most {maximum:g} seconds")
+            lowest = "0 (off)" if allow_zero else "more than 0"
+            raise ConfigError(f"{name}: must be {lowest} and at most {maximum:g} seconds")
         return seconds
+
+    def redis_url(self, name: str) -> str:
+        raw = self._raw(name, "")
+        if raw and urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"{name}: {_redacted_url(raw)!r} is not a redis://, rediss:// or unix:// URL")
+        return raw
 
     def integer(self, name: str, default: str, minimum: int, maximum: int) -> int:
         raw = self._raw(name, default)

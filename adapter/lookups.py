@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 from adapter.keys import lookup_keys
 from adapter.metrics import Metrics
 from adapter.protocols import socketmap
 from adapter.protocols.netstring import NetstringDecoder
-from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, NotFound, Outcome, UserliClient
+from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, NotFound, Outcome
 
-__all__ = ["MAP_NAMES", "Lookups", "SocketmapSession"]
+__all__ = ["MAP_NAMES", "LookupSource", "Lookups", "SocketmapSession"]
 
 log = logging.getLogger("adapter.lookups")
 
@@ -25,10 +26,16 @@ BUSY = socketmap.temp("server busy")
 INTERNAL_ERROR = socketmap.temp("internal error")
 
 
+class LookupSource(Protocol):
+    """Where answers come from: the userli client itself, or the cached, resilient layer over it."""
+
+    async def lookup(self, map_name: str, key: str) -> Outcome: ...
+
+
 class Lookups:
     """Answers one socketmap request, whatever userli does, with exactly one reply."""
 
-    def __init__(self, userli: UserliClient, metrics: Metrics, delimiters: str = "") -> None:
+    def __init__(self, userli: LookupSource, metrics: Metrics, delimiters: str = "") -> None:
         self._userli = userli
         self._metrics = metrics
         self._delimiters = delimiters

@@ -26,6 +26,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
 
 PREFIX = "userli_postfix_adapter"
 LOOKUP_STATUSES = ("success", "notfound", "error")
+CACHE_RESULTS = ("hit", "miss", "stale", "error")
 # Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
 REQUEST_BUCKETS = tuple(0.001 * 2**i for i in range(10))
 HTTP_BUCKETS = tuple(0.01 * 2**i for i in range(10))
@@ -84,6 +85,28 @@ class Metrics:
         )
         self._endpoints = frozenset(endpoints)
         self._http_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        lookup_cache = Counter(
+            f"{PREFIX}_lookup_cache_total",
+            "Lookup cache results (error: Redis failed, the lookup went on without it)",
+            ["handler", "result"],
+            registry=registry,
+        )
+        self._cache = {(h, r): lookup_cache.labels(h, r) for h in handlers for r in CACHE_RESULTS}
+        coalesced = Counter(
+            f"{PREFIX}_lookup_coalesced_total",
+            "Lookups that joined a userli call already under way for the same key",
+            ["handler"],
+            registry=registry,
+        )
+        self._coalesced = {h: coalesced.labels(h) for h in handlers}
+        self.cache_entries = Gauge(
+            f"{PREFIX}_lookup_cache_entries", "Entries in the in-process cache", registry=registry
+        )
+        self.breaker_state = Gauge(
+            f"{PREFIX}_userli_breaker_state",
+            "Circuit breaker toward userli: 0 closed, 1 half-open (probing), 2 open",
+            registry=registry,
+        )
         self.health_check_status = Gauge(
             f"{PREFIX}_health_check_status", "Last readiness check (1 = ready, 0 = not)", registry=registry
         )
@@ -105,6 +128,12 @@ class Metrics:
             children = self._http_children[key] = (self._http_total.labels(*key), self._http_duration.labels(*key))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_cache(self, handler: str, result: str) -> None:
+        self._cache[(handler, result)].inc()
+
+    def observe_coalesced(self, handler: str) -> None:
+        self._coalesced[handler].inc()
 
     def set_connections(self, count: int) -> None:
         self.active_connections.set(count)

@@ -11,6 +11,7 @@ from adapter.config import Config
 from adapter.http import HttpServer, Response, json_response
 from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
+from adapter.resilience import ResilientUserli
 from adapter.server import Limits, Listener, ListenerHooks
 from adapter.userli import ENDPOINTS, Failure, UserliClient
 
@@ -26,7 +27,8 @@ class Service:
         self.config = config
         self.metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
         self.userli = UserliClient.from_config(config, self.metrics)
-        lookups = Lookups(self.userli, self.metrics, config.recipient_delimiter)
+        self.resilient = ResilientUserli.from_config(config, self.userli, self.metrics)
+        lookups = Lookups(self.resilient, self.metrics, config.recipient_delimiter)
         self.socketmap = Listener(
             "socketmap",
             config.socketmap_address,
@@ -64,6 +66,7 @@ class Service:
         log.info("shutting down", extra={"connections": self.socketmap.connection_count})
         await self.socketmap.close(self.config.shutdown_timeout)
         await self.http.close()
+        await self.resilient.aclose()
         await self.userli.aclose()
         log.info("stopped")
 
@@ -89,9 +92,13 @@ class Service:
         if self.stopping:
             self.metrics.health_check_status.set(0)
             return json_response(503, {"status": "unavailable", "error": "shutting down"})
-        outcome = await self.userli.ready(READY_TIMEOUT)
+        outcome = await self.userli.ready(READY_TIMEOUT)  # past the breaker: the real state of userli
         if isinstance(outcome, Failure):
             self.metrics.health_check_status.set(0)
+            if outcome.transient and await self.resilient.can_serve_stale():
+                return json_response(
+                    200, {"status": "degraded", "error": outcome.reason, "detail": "answering from the lookup cache"}
+                )
             return json_response(503, {"status": "unavailable", "error": outcome.reason})
         self.metrics.health_check_status.set(1)
         return json_response(200, {"status": "ready"})

@@ -45,6 +45,9 @@ class NotFound:
 @dataclass(frozen=True, slots=True)
 class Failure:
     reason: str  # short and safe to send to Postfix: no key, token or URL in it
+    # True for outage-like failures (timeout, refused, 5xx, garbage): worth a stale answer and
+    # counted by the circuit breaker. False for 4xx: a configuration error to surface, not hide.
+    transient: bool = True
 
 
 Outcome = Found | NotFound | Failure
@@ -100,11 +103,8 @@ class UserliClient:
         status = response.status_code
         self._metrics.observe_http(map_name, status, time.perf_counter() - started)
         if status != 200:
-            if status in (401, 403):
-                log.error("userli rejected the API token (needs scope postfix)", extra={"status": status})
-            else:
-                log.warning("userli answered an error status", extra={"map": map_name, "status": status})
-            return Failure(f"userli status {status}")
+            log.debug("userli answered an error status", extra={"map": map_name, "status": status})
+            return Failure(f"userli status {status}", transient=status >= 500)
         return _decode(map_name, response.content)
 
     async def ready(self, timeout: float) -> Outcome:
@@ -112,7 +112,7 @@ class UserliClient:
 
     def _failed(self, map_name: str, started: float, reason: str, error: str = "") -> Failure:
         self._metrics.observe_http(map_name, None, time.perf_counter() - started)
-        log.warning("userli request failed", extra={"map": map_name, "reason": reason, "error": error or reason})
+        log.debug("userli request failed", extra={"map": map_name, "reason": reason, "error": error or reason})
         return Failure(reason)
 
 

@@ -48,7 +48,8 @@ def test_lookups_over_tcp(adapter: RunningService) -> None:
             assert client.query(map_name, key) == reply, (map_name, key)
 
 
-def test_many_lookups_on_one_connection(adapter: RunningService, userli: UserliStub) -> None:
+def test_many_lookups_on_one_connection(start_adapter: StartAdapter, userli: UserliStub) -> None:
+    adapter = start_adapter(cache_ttl=0, stale_ttl=0)  # uncached: every lookup reaches userli
     with SocketmapClient(adapter.socketmap_port) as client:
         for _ in range(20):
             for map_name, key, reply in EXPECTED:
@@ -120,7 +121,7 @@ def test_broken_framing_closes_only_that_connection(adapter: RunningService) -> 
 def test_userli_down_is_temp_never_notfound(userli: UserliStub, start_adapter: StartAdapter) -> None:
     running = start_adapter(userli_timeout=1.0)
     with SocketmapClient(running.socketmap_port) as client:
-        assert client.query("mailbox", "user@example.org") == "OK 1"  # keep-alive connection is warm
+        assert client.query("domain", "warm-up.example") == "NOTFOUND "  # keep-alive connection is warm
         userli.stop()
         for map_name, key, _ in EXPECTED[:-1]:
             if key == "example.org" and map_name == "alias":
@@ -241,7 +242,12 @@ def test_metrics(adapter: RunningService) -> None:
         'userli_postfix_adapter_requests_total{handler="alias",status="notfound"} 3.0',
         'userli_postfix_adapter_requests_total{handler="domain",status="success"} 2.0',
         'userli_postfix_adapter_requests_total{handler="unknown",status="error"} 2.0',
-        'userli_postfix_adapter_http_client_requests_total{endpoint="mailbox",status_code="200"} 3.0',
+        # user@ and USER@ are one canonical key: the second is a cache hit
+        'userli_postfix_adapter_http_client_requests_total{endpoint="mailbox",status_code="200"} 2.0',
+        'userli_postfix_adapter_lookup_cache_total{handler="mailbox",result="hit"} 1.0',
+        'userli_postfix_adapter_lookup_cache_total{handler="mailbox",result="miss"} 2.0',
+        "userli_postfix_adapter_lookup_cache_entries 5.0",  # positive answers only, by default
+        "userli_postfix_adapter_userli_breaker_state 0.0",
         "userli_postfix_adapter_active_connections 0.0",
         'userli_postfix_adapter_build_info{version="',
         "userli_postfix_adapter_request_duration_seconds_bucket",

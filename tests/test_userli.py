@@ -56,14 +56,15 @@ def lookup(map_name: str, key: str, timeout: float = 2.0) -> tuple[Outcome, Metr
         ("domain", 200, 0, Failure("userli sent unexpected data")),
         ("mailbox", 200, "true", Failure("userli sent unexpected data")),
         ("mailbox", 200, None, Failure("userli sent unexpected data")),
-        # the status is checked before the body: an error status is a failure whatever it carries
+        # the status is checked before the body: an error status is a failure whatever it carries;
+        # 5xx are outage-like (transient), other statuses are configuration errors
         ("alias", 500, [], Failure("userli status 500")),
         ("domain", 503, False, Failure("userli status 503")),
-        ("alias", 401, {"error": "Invalid API token"}, Failure("userli status 401")),
-        ("mailbox", 403, {"error": "forbidden"}, Failure("userli status 403")),
-        ("alias", 404, {"error": "No route found"}, Failure("userli status 404")),
-        ("alias", 204, [], Failure("userli status 204")),
-        ("alias", 301, [], Failure("userli status 301")),
+        ("alias", 401, {"error": "Invalid API token"}, Failure("userli status 401", transient=False)),
+        ("mailbox", 403, {"error": "forbidden"}, Failure("userli status 403", transient=False)),
+        ("alias", 404, {"error": "No route found"}, Failure("userli status 404", transient=False)),
+        ("alias", 204, [], Failure("userli status 204", transient=False)),
+        ("alias", 301, [], Failure("userli status 301", transient=False)),
     ],
 )
 def test_outcomes(httpx_mock: HTTPXMock, map_name: str, status: int, body: Any, expected: Outcome) -> None:

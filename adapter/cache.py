@@ -1,0 +1,184 @@
+"""Lookup caches: a bounded in-process LRU tier and an optional shared Redis tier.
+
+Both store the last known answer of userli per (map, canonical key) and say how old it is; the
+``Freshness`` policy decides what an age means:
+
+* a positive answer (``OK ...``) is *fresh* for LOOKUP_CACHE_TTL and may be served *stale*, only
+  while userli is failing, until LOOKUP_STALE_TTL;
+* a NOTFOUND is kept only when LOOKUP_NEGATIVE_TTL is set, and is never served stale: a "no"
+  replaces any positive entry, so a deleted address cannot come back from the cache.
+
+Redis holds the socketmap reply itself (``OK a,b`` / ``NOTFOUND ``) under
+``userli:lookup:<map>:<key>`` with a TTL equal to how long the entry is kept; the age is that
+keep time minus the remaining TTL, so one GET and one PTTL tell everything. Redis errors never
+fail a lookup: the tier steps aside for a moment and the error is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from adapter.userli import NOT_FOUND, Found, NotFound
+
+__all__ = ["Answer", "Entry", "Freshness", "MemoryCache", "RedisCache"]
+
+log = logging.getLogger("adapter.cache")
+
+Answer = Found | NotFound  # what a cache may hold; failures are never cached
+
+REDIS_TIMEOUT = 0.5  # a Redis answer slower than this is treated as a Redis failure
+REDIS_BACKOFF = 2.0  # after a Redis error, lookups skip Redis for this long
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    answer: Answer
+    fresh_until: float  # clock time until which the answer is served without asking userli
+    stale_until: float  # clock time until which it may stand in while userli fails (OK only)
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    ttl: float
+    negative_ttl: float
+    stale_ttl: float
+
+    def keep_for(self, answer: Answer) -> float:
+        """How long to keep an answer at all; 0 means do not store it."""
+        if isinstance(answer, Found):
+            return max(self.ttl, self.stale_ttl)
+        return self.negative_ttl
+
+    def entry(self, answer: Answer, now: float, age: float = 0.0, fresh_cap: float = math.inf) -> Entry:
+        """An entry for an answer that is ``age`` seconds old; ``fresh_cap`` shortens its freshness."""
+        if isinstance(answer, Found):
+            return Entry(answer, now + min(self.ttl - age, fresh_cap), now + self.stale_ttl - age)
+        return Entry(answer, now + min(self.negative_ttl - age, fresh_cap), now)
+
+
+class MemoryCache:
+    """A bounded LRU: a flood of random keys evicts the oldest entries instead of growing."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now >= entry.fresh_until and now >= entry.stale_until:
+            del self._entries[key]  # neither fresh nor usable stale any more
+            return None
+        self._entries.move_to_end(key)
+        return entry
+
+    def put(self, key: str, entry: Entry) -> None:
+        self._entries[key] = entry
+        self._entries.move_to_end(key)
+        if len(self._entries) > self._size:
+            self._entries.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+def encode(answer: Answer) -> str:
+    return "OK " + ",".join(answer.values) if isinstance(answer, Found) else "NOTFOUND "
+
+
+def decode(value: str) -> Answer | None:
+    if value.startswith("OK ") and len(value) > 3:
+        return Found(tuple(value[3:].split(",")))
+    return NOT_FOUND if value == "NOTFOUND " else None
+
+
+class RedisCache:
+    """The shared tier. Every method swallows Redis errors: they cost a count, never a lookup."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        policy: Freshness,
+        on_error: Callable[[str], None] = lambda operation: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._policy = policy
+        self._on_error = on_error
+        self._clock = clock
+        self._skip_until = 0.0
+
+    @classmethod
+    def from_url(cls, url: str, policy: Freshness, on_error: Callable[[str], None]) -> RedisCache:
+        client = redis.from_url(
+            url,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),  # redis-py retries 3 times by default; a lookup cannot wait
+            decode_responses=True,
+        )
+        return cls(client, policy, on_error)
+
+    @staticmethod
+    def key(map_name: str, key: str) -> str:
+        return f"userli:lookup:{map_name}:{key}"
+
+    async def get(self, map_name: str, key: str) -> tuple[Answer, float] | None:
+        """The stored answer and its age, or None (absent, unreadable, or Redis unavailable)."""
+        if self._skipping():
+            return None
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                value, pttl = await pipe.get(self.key(map_name, key)).pttl(self.key(map_name, key)).execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        answer = decode(value) if isinstance(value, str) else None
+        if answer is None or pttl is None or pttl < 0:
+            return None
+        return answer, max(0.0, self._policy.keep_for(answer) - pttl / 1000)
+
+    async def put(self, map_name: str, key: str, answer: Answer) -> None:
+        """Store the latest answer, or drop the key when this answer is not to be kept."""
+        if self._skipping():
+            return
+        keep = self._policy.keep_for(answer)
+        try:
+            if keep > 0:
+                await self._client.set(self.key(map_name, key), encode(answer), px=max(1, int(keep * 1000)))
+            else:
+                await self._client.delete(self.key(map_name, key))
+        except (redis.RedisError, OSError) as exc:
+            self._failed("put", exc)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except (redis.RedisError, OSError) as exc:
+            self._failed("ping", exc)
+            return False
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _skipping(self) -> bool:
+        return self._clock() < self._skip_until
+
+    def _failed(self, operation: str, exc: BaseException) -> None:
+        if not self._skipping():
+            log.warning("redis unavailable; using the in-process cache", extra={"error": exc.__class__.__name__})
+        self._skip_until = self._clock() + REDIS_BACKOFF
+        self._on_error(operation)

@@ -1,0 +1,176 @@
+"""Lookups that keep mail flowing when userli is slow or down.
+
+``ResilientUserli.lookup`` answers like ``UserliClient.lookup`` (Found / NotFound / Failure), but:
+
+1. a fresh cached answer is served without asking userli (in-process tier, then Redis);
+2. concurrent lookups of the same key share one userli call (single flight);
+3. the circuit breaker answers at once while userli is known to be down;
+4. when userli fails in an outage-like way, the last positive answer younger than
+   LOOKUP_STALE_TTL stands in for it. A NOTFOUND is never served stale.
+
+Failures are logged when userli starts failing and when it recovers, not once per lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from adapter.breaker import BreakerState, CircuitBreaker
+from adapter.cache import Answer, Freshness, MemoryCache, RedisCache
+from adapter.config import Config
+from adapter.metrics import Metrics
+from adapter.userli import Failure, Outcome, UserliClient
+
+__all__ = ["FIRST_TIER_TTL", "ResilientUserli"]
+
+log = logging.getLogger("adapter.resilience")
+
+# With Redis, the in-process tier only spares the Redis round trip: it holds an answer this long.
+FIRST_TIER_TTL = 10.0
+BREAKER_OPEN = Failure("userli unavailable")
+
+
+class ResilientUserli:
+    def __init__(
+        self,
+        userli: UserliClient,
+        metrics: Metrics,
+        policy: Freshness,
+        memory: MemoryCache,
+        breaker: CircuitBreaker,
+        redis: RedisCache | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._userli = userli
+        self._metrics = metrics
+        self._policy = policy
+        self._memory = memory
+        self._breaker = breaker
+        self._redis = redis
+        self._clock = clock
+        self._first_tier_cap = FIRST_TIER_TTL if redis is not None else float("inf")
+        self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
+        self._failing: str | None = None  # reason of the outage under way, for transition logs
+        self._stale_served = 0
+
+    @classmethod
+    def from_config(cls, config: Config, userli: UserliClient, metrics: Metrics) -> ResilientUserli:
+        policy = Freshness(config.cache_ttl, config.negative_ttl, config.stale_ttl)
+        memory = MemoryCache(config.cache_size)
+        metrics.cache_entries.set_function(lambda: len(memory))
+        breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown, on_change=_breaker_changed(metrics))
+        redis = None
+        if config.redis_url:
+            redis = RedisCache.from_url(config.redis_url, policy, on_error=lambda m: metrics.observe_cache(m, "error"))
+        return cls(userli, metrics, policy, memory, breaker, redis)
+
+    async def aclose(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    @property
+    def cached_entries(self) -> int:
+        return len(self._memory)
+
+    async def can_serve_stale(self) -> bool:
+        """Whether answers can still come from the cache while userli is unreachable."""
+        if self._policy.stale_ttl <= 0:
+            return False
+        return len(self._memory) > 0 or (self._redis is not None and await self._redis.ping())
+
+    async def lookup(self, map_name: str, key: str) -> Outcome:
+        cache_key = f"{map_name}:{key}"
+        now = self._clock()
+        entry = self._memory.get(cache_key, now)
+        if entry is not None and now < entry.fresh_until:
+            self._metrics.observe_cache(map_name, "hit")
+            return entry.answer
+        stale = entry if entry is not None and now < entry.stale_until else None
+        if self._redis is not None:
+            shared = await self._redis.get(map_name, key)
+            if shared is not None:
+                now = self._clock()
+                entry = self._policy.entry(shared[0], now, age=shared[1], fresh_cap=self._first_tier_cap)
+                if now < entry.fresh_until:
+                    self._memory.put(cache_key, entry)
+                    self._metrics.observe_cache(map_name, "hit")
+                    return entry.answer
+                if now < entry.stale_until and (stale is None or entry.stale_until > stale.stale_until):
+                    stale = entry
+        self._metrics.observe_cache(map_name, "miss")
+        outcome = await self._shared_call(cache_key, map_name, key)
+        if isinstance(outcome, Failure) and outcome.transient and stale is not None:
+            self._metrics.observe_cache(map_name, "stale")
+            self._note_stale(outcome)
+            return stale.answer
+        return outcome
+
+    async def _shared_call(self, cache_key: str, map_name: str, key: str) -> Outcome:
+        task = self._in_flight.get(cache_key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._call(map_name, key, cache_key))
+            self._in_flight[cache_key] = task
+            task.add_done_callback(lambda _: self._in_flight.pop(cache_key, None))
+        else:
+            self._metrics.observe_coalesced(map_name)
+        # Shielded: one caller going away (its client disconnected) must not cancel the call
+        # the others are waiting for, nor leave a half-open breaker without its probe result.
+        return await asyncio.shield(task)
+
+    async def _call(self, map_name: str, key: str, cache_key: str) -> Outcome:
+        if not self._breaker.allow():
+            return BREAKER_OPEN
+        outcome: Outcome = Failure("internal error")
+        try:
+            outcome = await self._userli.lookup(map_name, key)
+        finally:
+            self._breaker.record(not (isinstance(outcome, Failure) and outcome.transient))
+        if isinstance(outcome, Failure):
+            self._note_failure(outcome)
+            return outcome
+        self._note_success()
+        await self._store(cache_key, map_name, key, outcome)
+        return outcome
+
+    async def _store(self, cache_key: str, map_name: str, key: str, answer: Answer) -> None:
+        """Remember userli's latest word. A "no" that is not to be kept still removes the old "yes"."""
+        if self._policy.keep_for(answer) > 0:
+            self._memory.put(cache_key, self._policy.entry(answer, self._clock(), fresh_cap=self._first_tier_cap))
+        else:
+            self._memory.delete(cache_key)
+        if self._redis is not None:
+            await self._redis.put(map_name, key, answer)
+
+    # --- outage logging: once when it starts, once when it ends ---------------------------------
+
+    def _note_failure(self, failure: Failure) -> None:
+        if self._failing is None:
+            hint = "" if failure.transient else " (check USERLI_TOKEN, its postfix scope and USERLI_BASE_URL)"
+            log_level = logging.WARNING if failure.transient else logging.ERROR
+            log.log(log_level, f"userli is failing{hint}", extra={"reason": failure.reason})
+        self._failing = failure.reason
+
+    def _note_stale(self, failure: Failure) -> None:
+        if self._stale_served == 0:
+            log.warning("answering from stale cache while userli fails", extra={"reason": failure.reason})
+        self._stale_served += 1
+
+    def _note_success(self) -> None:
+        if self._failing is not None:
+            log.info("userli recovered", extra={"stale_answers_served": self._stale_served})
+        self._failing = None
+        self._stale_served = 0
+
+
+def _breaker_changed(metrics: Metrics) -> Callable[[BreakerState], None]:
+    def changed(state: BreakerState) -> None:
+        metrics.breaker_state.set(int(state))
+        if state is BreakerState.OPEN:
+            log.warning("circuit breaker open: not calling userli for a while")
+        elif state is BreakerState.CLOSED:
+            log.info("circuit breaker closed")
+
+    return changed
