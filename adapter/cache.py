@@ -112,7 +112,7 @@ class RedisCache:
         self,
         client: redis.Redis,
         policy: Freshness,
-        on_error: Callable[[str], None] = lambda operation: None,
+        on_error: Callable[[str], None] = lambda map_name: None,  # a lookup went on without Redis
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -144,7 +144,7 @@ class RedisCache:
             async with self._client.pipeline(transaction=False) as pipe:
                 value, pttl = await pipe.get(self.key(map_name, key)).pttl(self.key(map_name, key)).execute()
         except (redis.RedisError, OSError) as exc:
-            self._failed("get", exc)
+            self._failed(exc, map_name)
             return None
         answer = decode(value) if isinstance(value, str) else None
         if answer is None or pttl is None or pttl < 0:
@@ -162,13 +162,13 @@ class RedisCache:
             else:
                 await self._client.delete(self.key(map_name, key))
         except (redis.RedisError, OSError) as exc:
-            self._failed("put", exc)
+            self._failed(exc, map_name)
 
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
         except (redis.RedisError, OSError) as exc:
-            self._failed("ping", exc)
+            self._failed(exc)
             return False
 
     async def aclose(self) -> None:
@@ -177,8 +177,9 @@ class RedisCache:
     def _skipping(self) -> bool:
         return self._clock() < self._skip_until
 
-    def _failed(self, operation: str, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException, map_name: str | None = None) -> None:
         if not self._skipping():
             log.warning("redis unavailable; using the in-process cache", extra={"error": exc.__class__.__name__})
         self._skip_until = self._clock() + REDIS_BACKOFF
-        self._on_error(operation)
+        if map_name is not None:
+            self._on_error(map_name)

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RunningService, UserliStub, config_for
+from helpers import RedisServer, RunningService, UserliStub, config_for
 
 
 @pytest.fixture
@@ -32,3 +35,17 @@ def start_adapter(userli: UserliStub) -> Iterator[Callable[..., RunningService]]
 @pytest.fixture
 def adapter(start_adapter: Callable[..., RunningService]) -> RunningService:
     return start_adapter()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI: .ci/run must install the redis-server package")
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    server = RedisServer(binary, str(tmp_path)).start()
+    yield server
+    server.kill()

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -41,7 +43,7 @@ class UserliStub:
     a callable (map, key) -> (status, body bytes) or None for the normal data set."""
 
     def __init__(self, data: dict[str, dict[str, Any]] | None = None, token: str = TOKEN) -> None:
-        self.data = data if data is not None else DATA
+        self.data = copy.deepcopy(data if data is not None else DATA)  # tests may change it
         self.token = token
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.behaviour: Callable[[str, str], tuple[int, bytes] | None] | None = None
@@ -91,6 +93,10 @@ class UserliStub:
         self._port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
         return self
+
+    def restart(self) -> None:
+        """Back up on the same port, after ``stop``."""
+        self.start()
 
     def stop(self) -> None:
         """Down for real: no listener, and every kept-alive connection is cut as well."""
@@ -248,3 +254,43 @@ class SocketmapClient:
         if not chunk:
             raise ConnectionError("server closed the connection")
         self._buffer += chunk
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port, without persistence."""
+
+    def __init__(self, binary: str, workdir: str) -> None:
+        self.binary, self.workdir = binary, workdir
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [self.binary, *args, "--dir", self.workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: port_open(self.port), timeout=10)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -13,13 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TOKEN, SocketmapClient, UserliStub, netstring, wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from helpers import TOKEN, SocketmapClient, UserliStub, free_port, netstring, port_open, wait_until
 
 
 def run_adapter(env: dict[str, str]) -> subprocess.Popen[str]:
@@ -56,14 +50,7 @@ def process(userli: UserliStub, ports: tuple[int, int]) -> Iterator[subprocess.P
 
 
 def wait_for_port(port: int) -> None:
-    def accepting() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            return False
-
-    wait_until(accepting, timeout=15)
+    wait_until(lambda: port_open(port), timeout=15)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,78 @@
+"""The cache building blocks: freshness policy, the bounded LRU, the Redis value format."""
+
+from __future__ import annotations
+
+import random
+import string
+
+from adapter.cache import Freshness, MemoryCache, decode, encode
+from adapter.userli import NOT_FOUND, Found
+
+OK = Found(("a@example.org", "b@example.org"))
+POLICY = Freshness(ttl=300, negative_ttl=30, stale_ttl=86_400)
+
+
+def test_positive_entry_times() -> None:
+    entry = POLICY.entry(OK, now=1000.0)
+    assert (entry.fresh_until, entry.stale_until) == (1300.0, 1000.0 + 86_400)
+
+
+def test_positive_entry_from_an_older_answer_with_a_cap() -> None:
+    entry = POLICY.entry(OK, now=1000.0, age=100.0, fresh_cap=10.0)
+    assert (entry.fresh_until, entry.stale_until) == (1010.0, 1000.0 + 86_300)
+    entry = POLICY.entry(OK, now=1000.0, age=295.0, fresh_cap=10.0)
+    assert entry.fresh_until == 1005.0  # never fresher than the shared answer itself
+
+
+def test_negative_entry_is_never_stale() -> None:
+    entry = POLICY.entry(NOT_FOUND, now=1000.0)
+    assert (entry.fresh_until, entry.stale_until) == (1030.0, 1000.0)
+
+
+def test_keep_for() -> None:
+    assert POLICY.keep_for(OK) == 86_400
+    assert POLICY.keep_for(NOT_FOUND) == 30
+    assert Freshness(ttl=300, negative_ttl=0, stale_ttl=0).keep_for(OK) == 300
+    assert Freshness(ttl=300, negative_ttl=0, stale_ttl=0).keep_for(NOT_FOUND) == 0
+
+
+def test_memory_cache_drops_entries_that_are_neither_fresh_nor_stale() -> None:
+    cache = MemoryCache(10)
+    cache.put("k", Freshness(10, 0, 20).entry(OK, now=0.0))
+    assert cache.get("k", now=5.0) is not None  # fresh
+    assert cache.get("k", now=15.0) is not None  # stale but usable
+    assert cache.get("k", now=20.0) is None
+    assert len(cache) == 0
+
+
+def test_memory_cache_evicts_the_least_recently_used() -> None:
+    cache = MemoryCache(2)
+    for key in ("a", "b"):
+        cache.put(key, POLICY.entry(OK, now=0.0))
+    assert cache.get("a", now=1.0) is not None  # 'a' is now the most recently used
+    cache.put("c", POLICY.entry(OK, now=1.0))
+    assert cache.get("b", now=1.0) is None
+    assert cache.get("a", now=1.0) is not None
+    assert cache.get("c", now=1.0) is not None
+
+
+def test_a_million_random_keys_keep_the_cache_at_its_bound() -> None:
+    cache = MemoryCache(1000)
+    rng = random.Random(7)
+    entry = POLICY.entry(OK, now=0.0)
+    alphabet = string.ascii_lowercase + string.digits
+    for i in range(1_000_000):
+        cache.put(f"mailbox:{''.join(rng.choices(alphabet, k=10))}{i}@example.org", entry)
+        if i % 100_000 == 0:
+            assert len(cache) <= 1000
+    assert len(cache) == 1000
+
+
+def test_redis_value_is_the_socketmap_reply() -> None:
+    assert encode(OK) == "OK a@example.org,b@example.org"
+    assert encode(Found(("1",))) == "OK 1"
+    assert encode(NOT_FOUND) == "NOTFOUND "
+    for answer in (OK, Found(("1",)), NOT_FOUND):
+        assert decode(encode(answer)) == answer
+    for garbage in ("", "OK ", "OK", "NOTFOUND", "TEMP x", "ok a"):
+        assert decode(garbage) is None
