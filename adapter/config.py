@@ -198,8 +198,14 @@ class _Reader:
 
     def redis_url(self, name: str) -> str:
         raw = self._raw(name, "")
-        if raw and urlsplit(raw).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"{name}: {_redacted_url(raw)!r} is not a redis://, rediss:// or unix:// URL")
+        if not raw:
+            return raw
+        parts = urlsplit(raw)
+        has_target = parts.path if parts.scheme == "unix" else parts.hostname
+        if parts.scheme not in ("redis", "rediss", "unix") or not has_target:
+            raise ConfigError(
+                f"{name}: {_redacted_url(raw)!r} is not a URL such as redis://host:6379/0 or unix:///path"
+            )
         return raw
 
     def integer(self, name: str, default: str, minimum: int, maximum: int) -> int:

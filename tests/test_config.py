@@ -21,6 +21,37 @@ def test_defaults() -> None:
     assert config.max_connections == 500
     assert config.idle_timeout == 60.0
     assert (config.log_level, config.log_format) == ("info", "json")
+    assert (config.cache_ttl, config.negative_ttl, config.stale_ttl) == (300.0, 0.0, 86_400.0)
+    assert config.cache_size == 100_000
+    assert config.redis_url == ""
+    assert (config.breaker_threshold, config.breaker_cooldown) == (20, 5.0)
+
+
+def test_cache_and_breaker_settings() -> None:
+    config = Config.from_env(
+        {
+            "USERLI_TOKEN": "abc",
+            "LOOKUP_CACHE_TTL": "0",
+            "LOOKUP_NEGATIVE_TTL": "30s",
+            "LOOKUP_STALE_TTL": "0",
+            "LOOKUP_CACHE_SIZE": "5000",
+            "REDIS_URL": "redis://:s3cret@redis:6379/1",
+            "USERLI_BREAKER_THRESHOLD": "5",
+            "USERLI_BREAKER_COOLDOWN": "500ms",
+        }
+    )
+    assert (config.cache_ttl, config.negative_ttl, config.stale_ttl) == (0.0, 30.0, 0.0)
+    assert config.cache_size == 5000
+    assert config.redis_url == "redis://:s3cret@redis:6379/1"
+    assert (config.breaker_threshold, config.breaker_cooldown) == (5, 0.5)
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in str(config.summary())
+    assert config.summary()["redis"] == "redis://:***@redis:6379/1"
+
+
+def test_credentials_in_the_userli_url_are_not_logged() -> None:
+    config = Config.from_env({"USERLI_TOKEN": "abc", "USERLI_BASE_URL": "https://user:pa55@userli.example.org"})
+    assert "pa55" not in str(config.summary())
 
 
 def test_everything_set() -> None:
@@ -93,6 +124,15 @@ def test_token_never_in_repr_or_summary() -> None:
         ({"USERLI_TOKEN": "a", "IDLE_TIMEOUT": "-1s"}, "IDLE_TIMEOUT"),
         ({"USERLI_TOKEN": "a", "LOG_LEVEL": "verbose"}, "LOG_LEVEL"),
         ({"USERLI_TOKEN": "a", "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"USERLI_TOKEN": "a", "LOOKUP_CACHE_TTL": "-5s"}, "LOOKUP_CACHE_TTL"),
+        ({"USERLI_TOKEN": "a", "LOOKUP_CACHE_TTL": "forever"}, "LOOKUP_CACHE_TTL"),
+        ({"USERLI_TOKEN": "a", "LOOKUP_NEGATIVE_TTL": "1 minute"}, "LOOKUP_NEGATIVE_TTL"),
+        ({"USERLI_TOKEN": "a", "LOOKUP_STALE_TTL": "365d"}, "LOOKUP_STALE_TTL"),
+        ({"USERLI_TOKEN": "a", "LOOKUP_CACHE_SIZE": "0"}, "LOOKUP_CACHE_SIZE"),
+        ({"USERLI_TOKEN": "a", "REDIS_URL": "http://redis:6379"}, "REDIS_URL"),
+        ({"USERLI_TOKEN": "a", "REDIS_URL": "redis:6379"}, "REDIS_URL"),
+        ({"USERLI_TOKEN": "a", "USERLI_BREAKER_THRESHOLD": "0"}, "USERLI_BREAKER_THRESHOLD"),
+        ({"USERLI_TOKEN": "a", "USERLI_BREAKER_COOLDOWN": "0"}, "USERLI_BREAKER_COOLDOWN"),
     ],
 )
 def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
