@@ -11,7 +11,8 @@ Both store the last known answer of userli per (map, canonical key) and say how 
 Redis holds the socketmap reply itself (``OK a,b`` / ``NOTFOUND ``) under
 ``userli:lookup:<map>:<key>`` with a TTL equal to how long the entry is kept; the age is that
 keep time minus the remaining TTL, so one GET and one PTTL tell everything. Redis errors never
-fail a lookup: the tier steps aside for a moment and the error is counted.
+fail a lookup: the tier steps aside for a moment and the error is counted (the client's
+short timeouts are in redis_client.py).
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from adapter.userli import NOT_FOUND, Found, NotFound
 
@@ -33,15 +33,15 @@ __all__ = ["Answer", "Entry", "Freshness", "MemoryCache", "RedisCache"]
 
 log = logging.getLogger("adapter.cache")
 
-Answer = Found | NotFound  # what a cache may hold; failures are never cached
+Answer = Found | NotFound  # what the lookup cache holds; failures are never cached
+T = TypeVar("T")
 
-REDIS_TIMEOUT = 0.5  # a Redis answer slower than this is treated as a Redis failure
 REDIS_BACKOFF = 2.0  # after a Redis error, lookups skip Redis for this long
 
 
 @dataclass(frozen=True, slots=True)
-class Entry:
-    answer: Answer
+class Entry(Generic[T]):
+    answer: T
     fresh_until: float  # clock time until which the answer is served without asking userli
     stale_until: float  # clock time until which it may stand in while userli fails (OK only)
 
@@ -58,24 +58,24 @@ class Freshness:
             return max(self.ttl, self.stale_ttl)
         return self.negative_ttl
 
-    def entry(self, answer: Answer, now: float, age: float = 0.0, fresh_cap: float = math.inf) -> Entry:
+    def entry(self, answer: Answer, now: float, age: float = 0.0, fresh_cap: float = math.inf) -> Entry[Answer]:
         """An entry for an answer that is ``age`` seconds old; ``fresh_cap`` shortens its freshness."""
         if isinstance(answer, Found):
             return Entry(answer, now + min(self.ttl - age, fresh_cap), now + self.stale_ttl - age)
         return Entry(answer, now + min(self.negative_ttl - age, fresh_cap), now)
 
 
-class MemoryCache:
+class MemoryCache(Generic[T]):
     """A bounded LRU: a flood of random keys evicts the oldest entries instead of growing."""
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._entries: OrderedDict[str, Entry[T]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, now: float) -> Entry | None:
+    def get(self, key: str, now: float) -> Entry[T] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -85,7 +85,7 @@ class MemoryCache:
         self._entries.move_to_end(key)
         return entry
 
-    def put(self, key: str, entry: Entry) -> None:
+    def put(self, key: str, entry: Entry[T]) -> None:
         self._entries[key] = entry
         self._entries.move_to_end(key)
         if len(self._entries) > self._size:
@@ -120,17 +120,6 @@ class RedisCache:
         self._on_error = on_error
         self._clock = clock
         self._skip_until = 0.0
-
-    @classmethod
-    def from_url(cls, url: str, policy: Freshness, on_error: Callable[[str], None]) -> RedisCache:
-        client = redis.from_url(
-            url,
-            socket_timeout=REDIS_TIMEOUT,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            retry=Retry(NoBackoff(), 0),  # redis-py retries 3 times by default; a lookup cannot wait
-            decode_responses=True,
-        )
-        return cls(client, policy, on_error)
 
     @staticmethod
     def key(map_name: str, key: str) -> str:
@@ -170,9 +159,6 @@ class RedisCache:
         except (redis.RedisError, OSError) as exc:
             self._failed(exc)
             return False
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
 
     def _skipping(self) -> bool:
         return self._clock() < self._skip_until

@@ -18,6 +18,11 @@ __all__ = ["Config", "ConfigError", "ListenAddress", "parse_duration", "parse_li
 # Postfix gives a socketmap server 100 s per request, and a lookup with a recipient delimiter may
 # make two userli calls in a row: both must fit, with room to spare.
 MAX_USERLI_TIMEOUT = 45.0
+# Postfix keeps a policy connection idle for up to smtpd_policy_service_max_idle (300 s) and
+# expects the server not to close it first.
+MIN_POLICY_IDLE_TIMEOUT = 300.0
+RATE_LIMIT_ACTIONS = ("REJECT", "DEFER", "DEFER_IF_PERMIT")  # or a 4NN/5NN code
+RATE_LIMIT_COUNTS = ("messages", "recipients")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
 
@@ -60,6 +65,13 @@ class Config:
     redis_url: str = field(default="", repr=False)  # may carry a password
     breaker_threshold: int = 20
     breaker_cooldown: float = 5.0
+    policy_address: ListenAddress | None = ListenAddress(port=10003)  # None: no policy server
+    policy_socket_mode: int = 0o666
+    policy_idle_timeout: float = 330.0
+    quota_cache_ttl: float = 60.0
+    rate_limit_count: str = "messages"
+    rate_limit_action: str = "REJECT"
+    rate_limit_message: str = "Rate limit exceeded, please try again later"
     log_level: str = "info"
     log_format: str = "json"
     token_source: str = "USERLI_TOKEN"
@@ -87,6 +99,13 @@ class Config:
             redis_url=reader.redis_url("REDIS_URL"),
             breaker_threshold=reader.integer("USERLI_BREAKER_THRESHOLD", "20", minimum=1, maximum=1_000_000),
             breaker_cooldown=reader.duration("USERLI_BREAKER_COOLDOWN", "5s", maximum=3600),
+            policy_address=reader.optional_address("POLICY_LISTEN_ADDR", ":10003"),
+            policy_socket_mode=reader.mode("POLICY_SOCKET_MODE", "0666"),
+            policy_idle_timeout=reader.duration("POLICY_IDLE_TIMEOUT", "330s", minimum=MIN_POLICY_IDLE_TIMEOUT),
+            quota_cache_ttl=reader.duration("QUOTA_CACHE_TTL", "60s", allow_zero=True),
+            rate_limit_count=reader.choice("RATE_LIMIT_COUNT", "messages", RATE_LIMIT_COUNTS),
+            rate_limit_action=reader.rate_limit_action("RATE_LIMIT_ACTION"),
+            rate_limit_message=reader.text("RATE_LIMIT_MESSAGE", "Rate limit exceeded, please try again later"),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
         )
@@ -110,6 +129,12 @@ class Config:
             "redis": _redacted_url(self.redis_url) if self.redis_url else "off",
             "userli_breaker_threshold": self.breaker_threshold,
             "userli_breaker_cooldown": self.breaker_cooldown,
+            "policy_listen_addr": str(self.policy_address) if self.policy_address else "off",
+            "policy_idle_timeout": self.policy_idle_timeout,
+            "quota_cache_ttl": self.quota_cache_ttl,
+            "rate_limit_count": self.rate_limit_count,
+            "rate_limit_action": self.rate_limit_action,
+            "rate_limit_store": "redis" if self.redis_url else "memory",
         }
 
 
@@ -184,17 +209,37 @@ class _Reader:
         value = self._env.get(name)
         return default if value is None or value.strip() == "" else value.strip()
 
-    def duration(self, name: str, default: str, maximum: float = 86_400, allow_zero: bool = False) -> float:
+    def duration(
+        self, name: str, default: str, maximum: float = 86_400, allow_zero: bool = False, minimum: float = 0.0
+    ) -> float:
         try:
             seconds = parse_duration(self._raw(name, default))
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
         if seconds == 0 and allow_zero:
             return 0.0
-        if not 0 < seconds <= maximum:
-            lowest = "0 (off)" if allow_zero else "more than 0"
+        if not (0 < seconds <= maximum and seconds >= minimum):
+            lowest = "0 (off)" if allow_zero else f"at least {minimum:g}" if minimum else "more than 0"
             raise ConfigError(f"{name}: must be {lowest} and at most {maximum:g} seconds")
         return seconds
+
+    def optional_address(self, name: str, default: str) -> ListenAddress | None:
+        """Like ``address``, but set to the empty string it turns the listener off."""
+        if name in self._env and self._env[name].strip() == "":
+            return None
+        return self.address(name, default)
+
+    def rate_limit_action(self, name: str) -> str:
+        raw = self._raw(name, "REJECT").upper()
+        if raw not in RATE_LIMIT_ACTIONS and not re.fullmatch(r"[45]\d\d", raw):
+            raise ConfigError(f"{name}: {raw!r} is not REJECT, DEFER, DEFER_IF_PERMIT or a 4NN/5NN code")
+        return raw
+
+    def text(self, name: str, default: str, max_length: int = 200) -> str:
+        raw = self._raw(name, default)
+        if not raw.isprintable() or len(raw) > max_length:
+            raise ConfigError(f"{name}: must be one line of printable text, at most {max_length} characters")
+        return raw
 
     def redis_url(self, name: str) -> str:
         raw = self._raw(name, "")

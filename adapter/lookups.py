@@ -14,13 +14,13 @@ from adapter.keys import lookup_keys
 from adapter.metrics import Metrics
 from adapter.protocols import socketmap
 from adapter.protocols.netstring import NetstringDecoder
-from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, NotFound, Outcome
+from adapter.userli import MAPS, NOT_FOUND, Failure, Found, NotFound, Outcome
 
 __all__ = ["MAP_NAMES", "LookupSource", "Lookups", "SocketmapSession"]
 
 log = logging.getLogger("adapter.lookups")
 
-MAP_NAMES = ENDPOINTS
+MAP_NAMES = MAPS
 MAX_REQUEST = 10_000  # bytes of one request netstring; real keys are a few hundred at most
 BUSY = socketmap.temp("server busy")
 INTERNAL_ERROR = socketmap.temp("internal error")

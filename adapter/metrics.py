@@ -27,6 +27,10 @@ __all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
 PREFIX = "userli_postfix_adapter"
 LOOKUP_STATUSES = ("success", "notfound", "error")
 CACHE_RESULTS = ("hit", "miss", "stale", "error")
+POLICY_STAGES = ("skip", "check")
+POLICY_ACTIONS = ("dunno", "reject", "error")  # reject: over quota, whatever RATE_LIMIT_ACTION says
+QUOTA_RESULTS = ("within", "exceeded", "unlimited", "unknown_user", "no_identity", "error")
+LISTENERS = ("socketmap", "policy")
 # Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
 REQUEST_BUCKETS = tuple(0.001 * 2**i for i in range(10))
 HTTP_BUCKETS = tuple(0.01 * 2**i for i in range(10))
@@ -67,9 +71,47 @@ class Metrics:
             "Socketmap connections answered 'TEMP server busy' because MAX_CONNECTIONS was reached",
             registry=registry,
         )
-        self.protocol_errors = Counter(
-            f"{PREFIX}_protocol_errors_total", "Socketmap connections closed for broken framing", registry=registry
+        protocol_errors = Counter(
+            f"{PREFIX}_protocol_errors_total", "Connections closed for broken framing", ["listener"], registry=registry
         )
+        self.protocol_errors = {name: protocol_errors.labels(name) for name in LISTENERS}
+        self.policy_active_connections = Gauge(
+            f"{PREFIX}_policy_active_connections", "Number of currently active policy connections", registry=registry
+        )
+        self.policy_pool_full = Counter(
+            f"{PREFIX}_policy_connection_pool_full_total",
+            "Policy connections answered DUNNO at once because MAX_CONNECTIONS was reached",
+            registry=registry,
+        )
+        policy_total = Counter(
+            f"{PREFIX}_policy_requests_total", "Total number of policy requests", ["stage", "action"], registry=registry
+        )
+        policy_duration = Histogram(
+            f"{PREFIX}_policy_request_duration_seconds",
+            "Duration of policy requests",
+            ["stage", "action"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._policy = {
+            (stage, action): (policy_total.labels(stage, action), policy_duration.labels(stage, action))
+            for stage in POLICY_STAGES
+            for action in POLICY_ACTIONS
+        }
+        self.quota_exceeded = Counter(
+            f"{PREFIX}_quota_exceeded_total",
+            "Total number of messages refused for exceeding the quota",
+            registry=registry,
+        )
+        quota_checks = Counter(f"{PREFIX}_quota_checks_total", "Quota checks by result", ["result"], registry=registry)
+        self._quota_checks = {result: quota_checks.labels(result) for result in QUOTA_RESULTS}
+        ratelimit_errors = Counter(
+            f"{PREFIX}_ratelimit_backend_errors_total",
+            "Rate-limit store errors (the message was let through)",
+            ["operation"],
+            registry=registry,
+        )
+        self.ratelimit_errors = ratelimit_errors.labels("check")
         self._http_duration = Histogram(
             f"{PREFIX}_http_client_duration_seconds",
             "Duration of HTTP requests to the userli API",
@@ -128,6 +170,14 @@ class Metrics:
             children = self._http_children[key] = (self._http_total.labels(*key), self._http_duration.labels(*key))
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_policy(self, stage: str, action: str, seconds: float) -> None:
+        counter, histogram = self._policy[(stage, action)]
+        counter.inc()
+        histogram.observe(seconds)
+
+    def observe_quota_check(self, result: str) -> None:
+        self._quota_checks[result].inc()
 
     def observe_cache(self, handler: str, result: str) -> None:
         self._cache[(handler, result)].inc()

@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Callable
 
+import redis.asyncio as redis
+
 from adapter.breaker import BreakerState, CircuitBreaker
 from adapter.cache import Answer, Freshness, MemoryCache, RedisCache
 from adapter.config import Config
@@ -39,9 +41,9 @@ class ResilientUserli:
         userli: UserliClient,
         metrics: Metrics,
         policy: Freshness,
-        memory: MemoryCache,
+        memory: MemoryCache[Answer],
         breaker: CircuitBreaker,
-        redis: RedisCache | None = None,
+        shared_cache: RedisCache | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._userli = userli
@@ -49,27 +51,25 @@ class ResilientUserli:
         self._policy = policy
         self._memory = memory
         self._breaker = breaker
-        self._redis = redis
+        self._redis = shared_cache
         self._clock = clock
-        self._first_tier_cap = FIRST_TIER_TTL if redis is not None else float("inf")
+        self._first_tier_cap = FIRST_TIER_TTL if shared_cache is not None else float("inf")
         self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
         self._failing: str | None = None  # reason of the outage under way, for transition logs
         self._stale_served = 0
 
     @classmethod
-    def from_config(cls, config: Config, userli: UserliClient, metrics: Metrics) -> ResilientUserli:
+    def from_config(
+        cls, config: Config, userli: UserliClient, metrics: Metrics, redis_client: redis.Redis | None = None
+    ) -> ResilientUserli:
         policy = Freshness(config.cache_ttl, config.negative_ttl, config.stale_ttl)
-        memory = MemoryCache(config.cache_size)
+        memory: MemoryCache[Answer] = MemoryCache(config.cache_size)
         metrics.cache_entries.set_function(lambda: len(memory))
         breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown, on_change=_breaker_changed(metrics))
-        redis = None
-        if config.redis_url:
-            redis = RedisCache.from_url(config.redis_url, policy, on_error=lambda m: metrics.observe_cache(m, "error"))
-        return cls(userli, metrics, policy, memory, breaker, redis)
-
-    async def aclose(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        shared = None
+        if redis_client is not None:
+            shared = RedisCache(redis_client, policy, on_error=lambda m: metrics.observe_cache(m, "error"))
+        return cls(userli, metrics, policy, memory, breaker, shared)
 
     @property
     def cached_entries(self) -> int:

@@ -11,6 +11,9 @@ from adapter.config import Config
 from adapter.http import HttpServer, Response, json_response
 from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
+from adapter.policy import PolicyDecider, PolicySession
+from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
+from adapter.redis_client import connect as connect_redis
 from adapter.resilience import ResilientUserli
 from adapter.server import Limits, Listener, ListenerHooks
 from adapter.userli import ENDPOINTS, Failure, UserliClient
@@ -27,7 +30,8 @@ class Service:
         self.config = config
         self.metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
         self.userli = UserliClient.from_config(config, self.metrics)
-        self.resilient = ResilientUserli.from_config(config, self.userli, self.metrics)
+        self.redis = connect_redis(config.redis_url) if config.redis_url else None
+        self.resilient = ResilientUserli.from_config(config, self.userli, self.metrics, self.redis)
         lookups = Lookups(self.resilient, self.metrics, config.recipient_delimiter)
         self.socketmap = Listener(
             "socketmap",
@@ -37,10 +41,11 @@ class Service:
             ListenerHooks(
                 connections_changed=self.metrics.set_connections,
                 pool_full=self.metrics.connection_pool_full.inc,
-                framing_error=self.metrics.protocol_errors.inc,
+                framing_error=self.metrics.protocol_errors["socketmap"].inc,
             ),
             socket_mode=config.socketmap_socket_mode,
         )
+        self.policy = self._policy_listener(config) if config.policy_address is not None else None
         self.http = HttpServer(
             config.metrics_address, {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
         )
@@ -48,7 +53,7 @@ class Service:
 
     async def start(self) -> None:
         try:
-            for variable, server in (("SOCKETMAP_LISTEN_ADDR", self.socketmap), ("METRICS_LISTEN_ADDR", self.http)):
+            for variable, server in self._servers():
                 try:
                     await server.start()
                 except OSError as exc:
@@ -64,9 +69,10 @@ class Service:
             return
         self.stopping = True
         log.info("shutting down", extra={"connections": self.socketmap.connection_count})
-        await self.socketmap.close(self.config.shutdown_timeout)
+        await asyncio.gather(*(listener.close(self.config.shutdown_timeout) for listener in self._listeners()))
         await self.http.close()
-        await self.resilient.aclose()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.userli.aclose()
         log.info("stopped")
 
@@ -79,6 +85,33 @@ class Service:
         await self.start()
         await stop.wait()
         await self.stop()
+
+    def _policy_listener(self, config: Config) -> Listener:
+        assert config.policy_address is not None
+        limiter = RedisRateLimiter(self.redis) if self.redis is not None else MemoryRateLimiter()
+        decider = PolicyDecider(self.userli, limiter, self.metrics, config)
+        return Listener(
+            "policy",
+            config.policy_address,
+            lambda: PolicySession(decider),
+            Limits(max_connections=config.max_connections, idle_timeout=config.policy_idle_timeout),
+            ListenerHooks(
+                connections_changed=self.metrics.policy_active_connections.set,
+                pool_full=self.metrics.policy_pool_full.inc,
+                framing_error=self.metrics.protocol_errors["policy"].inc,
+            ),
+            socket_mode=config.policy_socket_mode,
+        )
+
+    def _listeners(self) -> list[Listener]:
+        return [listener for listener in (self.socketmap, self.policy) if listener is not None]
+
+    def _servers(self) -> list[tuple[str, Listener | HttpServer]]:
+        """Everything that listens, with the variable that configures it (for start-up errors)."""
+        servers: list[tuple[str, Listener | HttpServer]] = [("SOCKETMAP_LISTEN_ADDR", self.socketmap)]
+        if self.policy is not None:
+            servers.append(("POLICY_LISTEN_ADDR", self.policy))
+        return [*servers, ("METRICS_LISTEN_ADDR", self.http)]
 
     # --- side HTTP routes ------------------------------------------------------------------------
 

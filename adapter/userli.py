@@ -22,13 +22,25 @@ from adapter import __version__
 from adapter.config import Config
 from adapter.metrics import Metrics
 
-__all__ = ["BOOL_MAPS", "ENDPOINTS", "LIST_MAPS", "Failure", "Found", "NotFound", "Outcome", "UserliClient"]
+__all__ = [
+    "BOOL_MAPS",
+    "ENDPOINTS",
+    "LIST_MAPS",
+    "MAPS",
+    "Failure",
+    "Found",
+    "NotFound",
+    "Outcome",
+    "Quota",
+    "UserliClient",
+]
 
 log = logging.getLogger("adapter.userli")
 
 LIST_MAPS = ("alias", "senders")  # 200 body: JSON list of addresses
 BOOL_MAPS = ("domain", "mailbox")  # 200 body: JSON true / false
-ENDPOINTS = (*LIST_MAPS, *BOOL_MAPS)
+MAPS = (*LIST_MAPS, *BOOL_MAPS)  # the socketmap names
+ENDPOINTS = (*MAPS, "smtp_quota")  # every endpoint label of the HTTP metrics
 READY_PROBE_DOMAIN = "health-check.invalid"  # a cheap lookup that userli can answer from its cache
 
 
@@ -48,6 +60,16 @@ class Failure:
     # True for outage-like failures (timeout, refused, 5xx, garbage): worth a stale answer and
     # counted by the circuit breaker. False for 4xx: a configuration error to surface, not hide.
     transient: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    per_hour: int  # 0: unlimited
+    per_day: int  # 0: unlimited
+
+    @property
+    def unlimited(self) -> bool:
+        return self.per_hour == 0 and self.per_day == 0
 
 
 Outcome = Found | NotFound | Failure
@@ -89,31 +111,62 @@ class UserliClient:
 
     async def lookup(self, map_name: str, key: str, timeout: float | None = None) -> Outcome:
         """``GET /api/postfix/{map_name}/{key}``; ``key`` must already be canonical."""
-        # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
-        # keys.py never lets '.' or '..' through, so no key can reach another path.
-        path = f"/api/postfix/{map_name}/{quote(key, safe='@')}"
-        started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout or self._timeout):
-                response = await self._http.get(path)
-        except (TimeoutError, httpx.TimeoutException):
-            return self._failed(map_name, started, "userli timeout")
-        except httpx.HTTPError as exc:
-            return self._failed(map_name, started, "userli unreachable", exc.__class__.__name__)
-        status = response.status_code
-        self._metrics.observe_http(map_name, status, time.perf_counter() - started)
-        if status != 200:
-            log.debug("userli answered an error status", extra={"map": map_name, "status": status})
-            return Failure(f"userli status {status}", transient=status >= 500)
+        response = await self._get(map_name, key, timeout)
+        if isinstance(response, Failure):
+            return response
+        if response.status_code != 200:
+            return _status_failure(response.status_code)
         return _decode(map_name, response.content)
+
+    async def quota(self, email: str) -> Quota | NotFound | Failure:
+        """``GET /api/postfix/smtp_quota/{email}``: per-user sending limits; 404 means no such user."""
+        response = await self._get("smtp_quota", email)
+        if isinstance(response, Failure):
+            return response
+        if response.status_code == 404:
+            return NOT_FOUND
+        if response.status_code != 200:
+            return _status_failure(response.status_code)
+        try:
+            data = json.loads(response.content)
+        except ValueError:
+            return Failure("userli sent invalid JSON")
+        limits = [data.get(name) if isinstance(data, dict) else None for name in ("per_hour", "per_day")]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in limits):
+            return Failure("userli sent unexpected data")
+        return Quota(per_hour=limits[0], per_day=limits[1])
 
     async def ready(self, timeout: float) -> Outcome:
         return await self.lookup("domain", READY_PROBE_DOMAIN, timeout=timeout)
 
-    def _failed(self, map_name: str, started: float, reason: str, error: str = "") -> Failure:
-        self._metrics.observe_http(map_name, None, time.perf_counter() - started)
-        log.debug("userli request failed", extra={"map": map_name, "reason": reason, "error": error or reason})
-        return Failure(reason)
+    async def _get(self, endpoint: str, key: str, timeout: float | None = None) -> httpx.Response | Failure:
+        """GET ``/api/postfix/{endpoint}/{key}``, timed and counted; transport problems become a Failure."""
+        # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
+        # keys.py never lets '.' or '..' through, so no key can reach another path.
+        path = f"/api/postfix/{endpoint}/{quote(key, safe='@')}"
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            async with asyncio.timeout(timeout or self._timeout):
+                response = await self._http.get(path)
+            status = response.status_code
+            return response
+        except (TimeoutError, httpx.TimeoutException):
+            return _transport_failure(endpoint, "userli timeout")
+        except httpx.HTTPError as exc:
+            return _transport_failure(endpoint, "userli unreachable", exc.__class__.__name__)
+        finally:
+            self._metrics.observe_http(endpoint, status, time.perf_counter() - started)
+
+
+def _transport_failure(endpoint: str, reason: str, error: str = "") -> Failure:
+    log.debug("userli request failed", extra={"endpoint": endpoint, "reason": reason, "error": error or reason})
+    return Failure(reason)
+
+
+def _status_failure(status: int) -> Failure:
+    log.debug("userli answered an error status", extra={"status": status})
+    return Failure(f"userli status {status}", transient=status >= 500)
 
 
 def _decode(map_name: str, body: bytes) -> Outcome:

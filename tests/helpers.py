@@ -129,6 +129,7 @@ def config_for(stub_url: str, **overrides: Any) -> Config:
         userli_timeout=2.0,
         socketmap_address=ListenAddress(host="127.0.0.1", port=0),
         metrics_address=ListenAddress(host="127.0.0.1", port=0),
+        policy_address=ListenAddress(host="127.0.0.1", port=0),
         shutdown_timeout=5.0,
     )
     return replace(base, **overrides)
@@ -174,6 +175,13 @@ class RunningService(LoopThread):
     @property
     def socketmap_port(self) -> int:
         port = self.service.socketmap.bound.port
+        assert port is not None
+        return port
+
+    @property
+    def policy_port(self) -> int:
+        assert self.service.policy is not None
+        port = self.service.policy.bound.port
         assert port is not None
         return port
 

@@ -87,6 +87,7 @@ def test_connection_refused_is_temp(httpx_mock: HTTPXMock) -> None:
     [
         (b"nosuchmap a@example.org", netstring(b"PERM unknown map name")),
         (b"ALIAS a@example.org", netstring(b"PERM unknown map name")),
+        (b"smtp_quota a@example.org", netstring(b"PERM unknown map name")),  # an endpoint, not a map
         (b"alias", netstring(b"PERM request without a key")),
         (b"", netstring(b"PERM unknown map name")),
         (b"\xff\xfe a@example.org", netstring(b"PERM unknown map name")),

@@ -17,10 +17,10 @@ from helpers import TOKEN, SocketmapClient, UserliStub, free_port, netstring, po
 
 
 def run_adapter(env: dict[str, str]) -> subprocess.Popen[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("USERLI_", "SOCKETMAP_", "METRICS_"))}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("USERLI_", "SOCKETMAP_", "METRICS_", "POLICY_"))}
     return subprocess.Popen(
         [sys.executable, "-m", "adapter"],
-        env={**clean, **env},
+        env={"POLICY_LISTEN_ADDR": f"127.0.0.1:{free_port()}", **clean, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
