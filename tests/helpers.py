@@ -34,6 +34,10 @@ DATA: dict[str, dict[str, Any]] = {
     "domain": {"example.org": True},
     "mailbox": {"user@example.org": True, "other@example.org": True},
     "senders": {"user@example.org": ["user@example.org", "alias@example.org"]},
+    "smtp_quota": {
+        "user@example.org": {"per_hour": 3, "per_day": 100},
+        "other@example.org": {"per_hour": 0, "per_day": 0},
+    },
 }
 NOT_FOUND_BODY = {"alias": [], "senders": [], "domain": False, "mailbox": False}
 
@@ -111,15 +115,19 @@ class UserliStub:
     def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
         if authorization != f"Bearer {self.token}":
             return 401, b'{"error":"Invalid API token"}'
-        parts = path.split("/")  # '', 'api', 'postfix', map, key
-        if len(parts) != 5 or parts[1:3] != ["api", "postfix"] or parts[3] not in NOT_FOUND_BODY or not parts[4]:
+        parts = path.split("/")  # '', 'api', 'postfix', endpoint, key
+        endpoints = (*NOT_FOUND_BODY, "smtp_quota")
+        if len(parts) != 5 or parts[1:3] != ["api", "postfix"] or parts[3] not in endpoints or not parts[4]:
             return 404, b'{"error":{"message":"No route found","code":404}}'
-        map_name, key = parts[3], unquote(parts[4])
+        endpoint, key = parts[3], unquote(parts[4])
         if self.behaviour is not None:
-            answer = self.behaviour(map_name, key)
+            answer = self.behaviour(endpoint, key)
             if answer is not None:
                 return answer
-        return 200, json.dumps(self.data.get(map_name, {}).get(key, NOT_FOUND_BODY[map_name])).encode()
+        if endpoint == "smtp_quota":
+            quota = self.data["smtp_quota"].get(key)
+            return (200, json.dumps(quota).encode()) if quota else (404, b'{"error":"User not found"}')
+        return 200, json.dumps(self.data.get(endpoint, {}).get(key, NOT_FOUND_BODY[endpoint])).encode()
 
 
 def config_for(stub_url: str, **overrides: Any) -> Config:
@@ -208,6 +216,36 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 
 def netstring(payload: bytes) -> bytes:
     return str(len(payload)).encode() + b":" + payload + b","
+
+
+class PolicyClient:
+    """A blocking policy delegation client, like one smtpd process: one connection, many requests."""
+
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self._buffer = b""
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def ask(self, **attributes: str) -> str:
+        """Send one request; return the action."""
+        self.sock.sendall(b"".join(f"{k}={v}\n".encode() for k, v in attributes.items()) + b"\n")
+        while b"\n\n" not in self._buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self._buffer += chunk
+        answer, _, self._buffer = self._buffer.partition(b"\n\n")
+        assert answer.startswith(b"action="), answer
+        return answer.removeprefix(b"action=").decode()
+
+
+def end_of_message(sender: str, **extra: str) -> dict[str, str]:
+    return {"request": "smtpd_access_policy", "protocol_state": "END-OF-MESSAGE", "sender": sender, **extra}
 
 
 class SocketmapClient:
