@@ -49,3 +49,24 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(binary, str(tmp_path)).start()
     yield server
     server.kill()
+
+
+@pytest.fixture
+def start_postfix() -> Iterator[Callable[..., Any]]:
+    """Start private Postfix instances (main.cf overrides as keyword dict); all stopped at teardown."""
+    if not (shutil.which("postfix") or os.path.exists("/usr/sbin/postfix")):
+        if os.environ.get("CI"):
+            pytest.fail("postfix is missing in CI: .ci/run must install the postfix package")
+        pytest.skip("Postfix is not installed (apt-get install postfix)")
+    from postfix import PostfixInstance
+
+    started: list[PostfixInstance] = []
+
+    def start(main_cf: dict[str, str] | None = None, master_cf: str = "") -> PostfixInstance:
+        instance = PostfixInstance(main_cf, master_cf)
+        started.append(instance)
+        return instance.start()
+
+    yield start
+    for instance in started:
+        instance.stop()
