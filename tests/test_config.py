@@ -49,6 +49,31 @@ def test_cache_and_breaker_settings() -> None:
     assert config.summary()["redis"] == "redis://:***@redis:6379/1"
 
 
+def test_policy_settings() -> None:
+    defaults = Config.from_env({"USERLI_TOKEN": "abc"})
+    assert defaults.policy_address == ListenAddress(port=10003)
+    assert (defaults.policy_idle_timeout, defaults.quota_cache_ttl) == (330.0, 60.0)
+    assert (defaults.rate_limit_count, defaults.rate_limit_action) == ("messages", "REJECT")
+    assert defaults.rate_limit_message == "Rate limit exceeded, please try again later"
+    config = Config.from_env(
+        {
+            "USERLI_TOKEN": "abc",
+            "POLICY_LISTEN_ADDR": "/run/adapter/policy.sock",
+            "POLICY_SOCKET_MODE": "0600",
+            "POLICY_IDLE_TIMEOUT": "10m",
+            "QUOTA_CACHE_TTL": "0",
+            "RATE_LIMIT_COUNT": "recipients",
+            "RATE_LIMIT_ACTION": "defer_if_permit",
+            "RATE_LIMIT_MESSAGE": "Too much mail from you today",
+        }
+    )
+    assert config.policy_address == ListenAddress(path="/run/adapter/policy.sock")
+    assert (config.policy_socket_mode, config.policy_idle_timeout, config.quota_cache_ttl) == (0o600, 600.0, 0.0)
+    assert (config.rate_limit_count, config.rate_limit_action) == ("recipients", "DEFER_IF_PERMIT")
+    assert config.rate_limit_message == "Too much mail from you today"
+    assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": ""}).policy_address is None
+
+
 def test_credentials_in_the_userli_url_are_not_logged() -> None:
     config = Config.from_env({"USERLI_TOKEN": "abc", "USERLI_BASE_URL": "https://user:pa55@userli.example.org"})
     assert "pa55" not in str(config.summary())
@@ -133,6 +158,15 @@ def test_token_never_in_repr_or_summary() -> None:
         ({"USERLI_TOKEN": "a", "REDIS_URL": "redis:6379"}, "REDIS_URL"),
         ({"USERLI_TOKEN": "a", "USERLI_BREAKER_THRESHOLD": "0"}, "USERLI_BREAKER_THRESHOLD"),
         ({"USERLI_TOKEN": "a", "USERLI_BREAKER_COOLDOWN": "0"}, "USERLI_BREAKER_COOLDOWN"),
+        ({"USERLI_TOKEN": "a", "POLICY_LISTEN_ADDR": "policy"}, "POLICY_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "POLICY_SOCKET_MODE": "777x"}, "POLICY_SOCKET_MODE"),
+        ({"USERLI_TOKEN": "a", "POLICY_IDLE_TIMEOUT": "10s"}, "POLICY_IDLE_TIMEOUT"),  # Postfix keeps 300 s
+        ({"USERLI_TOKEN": "a", "QUOTA_CACHE_TTL": "-1"}, "QUOTA_CACHE_TTL"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_COUNT": "bytes"}, "RATE_LIMIT_COUNT"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_ACTION": "DISCARD"}, "RATE_LIMIT_ACTION"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_ACTION": "250"}, "RATE_LIMIT_ACTION"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "two\nlines"}, "RATE_LIMIT_MESSAGE"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "x" * 201}, "RATE_LIMIT_MESSAGE"),
     ],
 )
 def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
