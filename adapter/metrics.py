@@ -7,6 +7,8 @@ token or password ever becomes a label. Hot-path label children are bound once u
 
 from __future__ import annotations
 
+import itertools
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -45,21 +47,12 @@ class Metrics:
         GCCollector(registry=registry)
         Gauge(f"{PREFIX}_build_info", "Build information", ["version"], registry=registry).labels(__version__).set(1)
 
-        request_duration = Histogram(
-            f"{PREFIX}_request_duration_seconds",
-            "Duration of socketmap requests",
-            ["handler", "status"],
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
+        self._requests = _CountedDurations(
+            registry,
+            ("requests_total", "request_duration_seconds"),
+            "socketmap requests",
+            {"handler": (*handlers, "unknown"), "status": LOOKUP_STATUSES},
         )
-        requests_total = Counter(
-            f"{PREFIX}_requests_total", "Total number of socketmap requests", ["handler", "status"], registry=registry
-        )
-        self._requests = {
-            (handler, status): (requests_total.labels(handler, status), request_duration.labels(handler, status))
-            for handler in (*handlers, "unknown")
-            for status in LOOKUP_STATUSES
-        }
         self.active_connections = Gauge(
             f"{PREFIX}_active_connections", "Number of currently active socketmap connections", registry=registry
         )
@@ -83,21 +76,12 @@ class Metrics:
             "Policy connections answered DUNNO at once because MAX_CONNECTIONS was reached",
             registry=registry,
         )
-        policy_total = Counter(
-            f"{PREFIX}_policy_requests_total", "Total number of policy requests", ["stage", "action"], registry=registry
+        self._policy = _CountedDurations(
+            registry,
+            ("policy_requests_total", "policy_request_duration_seconds"),
+            "policy requests",
+            {"stage": POLICY_STAGES, "action": POLICY_ACTIONS},
         )
-        policy_duration = Histogram(
-            f"{PREFIX}_policy_request_duration_seconds",
-            "Duration of policy requests",
-            ["stage", "action"],
-            buckets=REQUEST_BUCKETS,
-            registry=registry,
-        )
-        self._policy = {
-            (stage, action): (policy_total.labels(stage, action), policy_duration.labels(stage, action))
-            for stage in POLICY_STAGES
-            for action in POLICY_ACTIONS
-        }
         self.quota_exceeded = Counter(
             f"{PREFIX}_quota_exceeded_total",
             "Total number of messages refused for exceeding the quota",
@@ -154,9 +138,7 @@ class Metrics:
         )
 
     def observe_request(self, handler: str, status: str, seconds: float) -> None:
-        counter, histogram = self._requests[(handler, status)]
-        counter.inc()
-        histogram.observe(seconds)
+        self._requests.observe((handler, status), seconds)
 
     def observe_http(self, endpoint: str, status: int | None, seconds: float) -> None:
         """``status`` None means no HTTP response at all (timeout, refused, reset)."""
@@ -172,9 +154,7 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_policy(self, stage: str, action: str, seconds: float) -> None:
-        counter, histogram = self._policy[(stage, action)]
-        counter.inc()
-        histogram.observe(seconds)
+        self._policy.observe((stage, action), seconds)
 
     def observe_quota_check(self, result: str) -> None:
         self._quota_checks[result].inc()
@@ -191,3 +171,28 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CountedDurations:
+    """A counter and a duration histogram over the same labels, with a child pair bound up front
+    for every combination of label values (no label lookup on the hot path)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        names: tuple[str, str],
+        what: str,
+        labels: dict[str, tuple[str, ...]],
+    ) -> None:
+        total = Counter(f"{PREFIX}_{names[0]}", f"Total number of {what}", list(labels), registry=registry)
+        duration = Histogram(
+            f"{PREFIX}_{names[1]}", f"Duration of {what}", list(labels), buckets=REQUEST_BUCKETS, registry=registry
+        )
+        self._children = {
+            values: (total.labels(*values), duration.labels(*values)) for values in itertools.product(*labels.values())
+        }
+
+    def observe(self, values: tuple[str, ...], seconds: float) -> None:
+        counter, histogram = self._children[values]
+        counter.inc()
+        histogram.observe(seconds)

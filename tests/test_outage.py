@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 
 import redis
-from helpers import RedisServer, SocketmapClient, StartAdapter, UserliStub, netstring, wait_until
+from helpers import RedisServer, SocketmapClient, StartAdapter, UserliStub, metric, netstring, wait_until
 
 
 def http_get(url: str) -> tuple[int, dict[str, str]]:
@@ -19,14 +19,6 @@ def http_get(url: str) -> tuple[int, dict[str, str]]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def metric(base_url: str, line_start: str) -> float:
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_two_adapters_share_one_redis(

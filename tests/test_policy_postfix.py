@@ -21,40 +21,41 @@ def send(port: int, sender: str) -> None:
         smtp.sendmail(sender, ["friend@example.net"], MESSAGE)
 
 
-def test_message_over_quota_is_refused(start_adapter: StartAdapter, start_postfix: Callable[..., Any]) -> None:
-    adapter = start_adapter()  # user@example.org may send 3 per hour (the stub's data set)
-    postfix = start_postfix(
-        {"smtpd_end_of_data_restrictions": f"check_policy_service inet:127.0.0.1:{adapter.policy_port}"}
-    )
+@pytest.fixture
+def smtpd_port(start_adapter: StartAdapter, start_postfix: Callable[..., Any]) -> Callable[..., int]:
+    """Start the adapter (with config overrides) and a Postfix smtpd asking its policy server."""
+
+    def start(**overrides: Any) -> int:
+        adapter = start_adapter(**overrides)
+        policy = f"check_policy_service inet:127.0.0.1:{adapter.policy_port}"
+        return int(start_postfix({"smtpd_end_of_data_restrictions": policy}).smtp_port)
+
+    return start
+
+
+def test_message_over_quota_is_refused(smtpd_port: Callable[..., int]) -> None:
+    port = smtpd_port()  # user@example.org may send 3 per hour (the stub's data set)
     for _ in range(3):
-        send(postfix.smtp_port, "user@example.org")
+        send(port, "user@example.org")
     with pytest.raises(smtplib.SMTPDataError) as refused:
-        send(postfix.smtp_port, "user@example.org")
+        send(port, "user@example.org")
     assert refused.value.smtp_code == 554
     assert b"Rate limit exceeded, please try again later" in refused.value.smtp_error
-    send(postfix.smtp_port, "other@example.org")  # another sender is not affected
+    send(port, "other@example.org")  # another sender is not affected
 
 
-def test_configured_action_and_text(start_adapter: StartAdapter, start_postfix: Callable[..., Any]) -> None:
-    adapter = start_adapter(rate_limit_action="DEFER", rate_limit_message="Slow down, please")
-    postfix = start_postfix(
-        {"smtpd_end_of_data_restrictions": f"check_policy_service inet:127.0.0.1:{adapter.policy_port}"}
-    )
+def test_configured_action_and_text(smtpd_port: Callable[..., int]) -> None:
+    port = smtpd_port(rate_limit_action="DEFER", rate_limit_message="Slow down, please")
     for _ in range(3):
-        send(postfix.smtp_port, "user@example.org")
+        send(port, "user@example.org")
     with pytest.raises(smtplib.SMTPDataError) as deferred:
-        send(postfix.smtp_port, "user@example.org")
+        send(port, "user@example.org")
     assert deferred.value.smtp_code == 450  # temporary: the sender's server retries later
     assert b"Slow down, please" in deferred.value.smtp_error
 
 
-def test_userli_down_lets_mail_through(
-    start_adapter: StartAdapter, start_postfix: Callable[..., Any], userli: Any
-) -> None:
-    adapter = start_adapter()
-    postfix = start_postfix(
-        {"smtpd_end_of_data_restrictions": f"check_policy_service inet:127.0.0.1:{adapter.policy_port}"}
-    )
+def test_userli_down_lets_mail_through(smtpd_port: Callable[..., int], userli: Any) -> None:
+    port = smtpd_port()
     userli.stop()
     for _ in range(5):
-        send(postfix.smtp_port, "user@example.org")  # fail-open: no quota, no refusal
+        send(port, "user@example.org")  # fail-open: no quota, no refusal

@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import socket
-import urllib.request
 
-from helpers import PolicyClient, RedisServer, StartAdapter, UserliStub, end_of_message
+from helpers import PolicyClient, RedisServer, StartAdapter, UserliStub, end_of_message, metric
 
 REFUSED = "REJECT Rate limit exceeded, please try again later"
-
-
-def metric(base_url: str, line_start: str) -> float:
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(line_start + " "):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def test_many_requests_on_one_kept_connection(start_adapter: StartAdapter) -> None:
