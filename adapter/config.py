@@ -6,9 +6,11 @@ can stop with one line an operator can act on.
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +24,9 @@ MAX_USERLI_TIMEOUT = 45.0
 # expects the server not to close it first.
 MIN_POLICY_IDLE_TIMEOUT = 300.0
 RATE_LIMIT_ACTIONS = ("REJECT", "DEFER", "DEFER_IF_PERMIT")  # or a 4NN/5NN code
+# Postfix waits 10 s for each answer on the auth socket: the userli call and the failure delay
+# together must stay well inside that.
+POSTFIX_AUTH_TIMEOUT = 10.0
 RATE_LIMIT_COUNTS = ("messages", "recipients")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("json", "text")
@@ -72,6 +77,12 @@ class Config:
     rate_limit_count: str = "messages"
     rate_limit_action: str = "REJECT"
     rate_limit_message: str = "Rate limit exceeded, please try again later"
+    sasl_address: ListenAddress | None = None  # None: no SASL server
+    sasl_socket_mode: int = 0o660
+    sasl_socket_owner: int | None = None  # uid for the UNIX socket
+    sasl_socket_group: int | None = None  # gid for the UNIX socket
+    sasl_timeout: float = 5.0
+    sasl_failure_delay: float = 2.0
     log_level: str = "info"
     log_format: str = "json"
     token_source: str = "USERLI_TOKEN"
@@ -106,6 +117,11 @@ class Config:
             rate_limit_count=reader.choice("RATE_LIMIT_COUNT", "messages", RATE_LIMIT_COUNTS),
             rate_limit_action=reader.rate_limit_action("RATE_LIMIT_ACTION"),
             rate_limit_message=reader.text("RATE_LIMIT_MESSAGE", "Rate limit exceeded, please try again later"),
+            sasl_address=reader.optional_address("SASL_LISTEN_ADDR", ""),
+            sasl_socket_mode=reader.mode("SASL_SOCKET_MODE", "0660"),
+            sasl_socket_owner=reader.user("SASL_SOCKET_OWNER"),
+            sasl_socket_group=reader.group("SASL_SOCKET_GROUP"),
+            **reader.sasl_timing(),
             log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
         )
@@ -135,6 +151,9 @@ class Config:
             "rate_limit_count": self.rate_limit_count,
             "rate_limit_action": self.rate_limit_action,
             "rate_limit_store": "redis" if self.redis_url else "memory",
+            "sasl_listen_addr": str(self.sasl_address) if self.sasl_address else "off",
+            "sasl_timeout": self.sasl_timeout,
+            "sasl_failure_delay": self.sasl_failure_delay,
         }
 
 
@@ -224,10 +243,38 @@ class _Reader:
         return seconds
 
     def optional_address(self, name: str, default: str) -> ListenAddress | None:
-        """Like ``address``, but set to the empty string it turns the listener off."""
-        if name in self._env and self._env[name].strip() == "":
+        """Like ``address``, but the empty string (or an empty default) turns the listener off."""
+        raw = self._env.get(name)
+        if (raw if raw is not None else default).strip() == "":
             return None
         return self.address(name, default)
+
+    def user(self, name: str) -> int | None:
+        return self._id(name, lambda n: pwd.getpwnam(n).pw_uid, "user")
+
+    def group(self, name: str) -> int | None:
+        return self._id(name, lambda n: grp.getgrnam(n).gr_gid, "group")
+
+    def _id(self, name: str, lookup: Callable[[str], int], kind: str) -> int | None:
+        raw = self._raw(name, "")
+        if not raw:
+            return None
+        if raw.isdigit():
+            return int(raw)
+        try:
+            return lookup(raw)
+        except KeyError:
+            raise ConfigError(f"{name}: there is no {kind} {raw!r} on this system") from None
+
+    def sasl_timing(self) -> dict[str, float]:
+        timeout = self.duration("SASL_TIMEOUT", "5s", maximum=POSTFIX_AUTH_TIMEOUT)
+        delay = self.duration("SASL_FAILURE_DELAY", "2s", maximum=POSTFIX_AUTH_TIMEOUT, allow_zero=True)
+        if timeout + delay >= POSTFIX_AUTH_TIMEOUT - 1:
+            raise ConfigError(
+                f"SASL_FAILURE_DELAY: with SASL_TIMEOUT it must stay under {POSTFIX_AUTH_TIMEOUT - 1:g} s "
+                f"(Postfix gives up after {POSTFIX_AUTH_TIMEOUT:g} s)"
+            )
+        return {"sasl_timeout": timeout, "sasl_failure_delay": delay}
 
     def rate_limit_action(self, name: str) -> str:
         raw = self._raw(name, "REJECT").upper()

@@ -80,6 +80,7 @@ class SocketmapSession:
     """One socketmap client connection: netstrings in, ordered replies out."""
 
     greeting = b""
+    close_when_busy = False
 
     def __init__(self, lookups: Lookups) -> None:
         self._lookups = lookups

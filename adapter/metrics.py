@@ -32,7 +32,9 @@ CACHE_RESULTS = ("hit", "miss", "stale", "error")
 POLICY_STAGES = ("skip", "check")
 POLICY_ACTIONS = ("dunno", "reject", "error")  # reject: over quota, whatever RATE_LIMIT_ACTION says
 QUOTA_RESULTS = ("within", "exceeded", "unlimited", "unknown_user", "no_identity", "error")
-LISTENERS = ("socketmap", "policy")
+LISTENERS = ("socketmap", "policy", "sasl")
+SASL_MECHANISMS = ("PLAIN", "LOGIN", "other")
+SASL_RESULTS = ("success", "invalid_credentials", "error")
 # Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
 REQUEST_BUCKETS = tuple(0.001 * 2**i for i in range(10))
 HTTP_BUCKETS = tuple(0.01 * 2**i for i in range(10))
@@ -96,6 +98,20 @@ class Metrics:
             registry=registry,
         )
         self.ratelimit_errors = ratelimit_errors.labels("check")
+        self.sasl_active_connections = Gauge(
+            f"{PREFIX}_sasl_active_connections", "Number of currently active SASL connections", registry=registry
+        )
+        self.sasl_pool_full = Counter(
+            f"{PREFIX}_sasl_connection_pool_full_total",
+            "SASL connections closed at once because MAX_CONNECTIONS was reached",
+            registry=registry,
+        )
+        self._sasl = _CountedDurations(
+            registry,
+            ("sasl_auth_total", "sasl_auth_duration_seconds"),
+            "SASL authentications",
+            {"mechanism": SASL_MECHANISMS, "result": SASL_RESULTS},
+        )
         self._http_duration = Histogram(
             f"{PREFIX}_http_client_duration_seconds",
             "Duration of HTTP requests to the userli API",
@@ -155,6 +171,10 @@ class Metrics:
 
     def observe_policy(self, stage: str, action: str, seconds: float) -> None:
         self._policy.observe((stage, action), seconds)
+
+    def observe_sasl(self, mechanism: str, result: str, seconds: float) -> None:
+        """``seconds`` excludes the failure delay: it measures the check, not the brake."""
+        self._sasl.observe((mechanism if mechanism in SASL_MECHANISMS else "other", result), seconds)
 
     def observe_quota_check(self, result: str) -> None:
         self._quota_checks[result].inc()

@@ -130,6 +130,7 @@ class PolicySession:
     """One policy client connection: requests in, ``action=...`` replies out."""
 
     greeting = b""
+    close_when_busy = False
 
     def __init__(self, decider: PolicyDecider) -> None:
         self._decider = decider

@@ -35,13 +35,14 @@ class Session(Protocol):
     """Per-connection protocol state. ``receive`` raises ``ValueError`` on broken framing."""
 
     greeting: bytes  # sent as soon as the client connects (b"" for none)
+    close_when_busy: bool  # over the connection limit: close at once instead of answering busy()
 
     @property
     def pending(self) -> bool: ...  # part of a request is buffered
 
     def receive(self, data: bytes) -> list[Any]: ...
 
-    async def respond(self, request: Any) -> bytes: ...
+    async def respond(self, request: Any) -> bytes | None: ...  # None: answer by closing the connection
 
     def busy(self, request: Any) -> bytes: ...  # the answer when the pool is full
 
@@ -72,6 +73,8 @@ class Listener:
         limits: Limits,
         hooks: ListenerHooks = ListenerHooks(),
         socket_mode: int = 0o666,
+        socket_owner: int | None = None,
+        socket_group: int | None = None,
     ) -> None:
         self.name = name
         self.address = address
@@ -79,6 +82,8 @@ class Listener:
         self.limits = limits
         self.hooks = hooks
         self._socket_mode = socket_mode
+        self._socket_owner = socket_owner
+        self._socket_group = socket_group
         self._server: asyncio.Server | None = None
         self._bound: ListenAddress | None = None
         self._active: set[_Connection] = set()
@@ -104,6 +109,9 @@ class Listener:
             _remove_stale_socket(self.address.path)
             self._server = await loop.create_unix_server(factory, self.address.path, backlog=1024)
             os.chmod(self.address.path, self._socket_mode)
+            if self._socket_owner is not None or self._socket_group is not None:
+                owner, group = self._socket_owner, self._socket_group
+                os.chown(self.address.path, -1 if owner is None else owner, -1 if group is None else group)
         else:
             self._server = await loop.create_server(
                 factory, self.address.host, self.address.port, backlog=1024, reuse_address=True
@@ -183,6 +191,9 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return
         self._in_pool = admitted
+        if not admitted and self._session.close_when_busy:
+            transport.abort()
+            return
         if admitted and self._session.greeting:
             transport.write(self._session.greeting)
         timeout = self._limits.idle_timeout if admitted else self._limits.stall_timeout
@@ -252,6 +263,9 @@ class _Connection(asyncio.Protocol):
         try:
             while self._queue and not transport.is_closing():
                 reply = await self._session.respond(self._queue.popleft())
+                if reply is None:
+                    self._queue.clear()
+                    transport.close()
                 if transport.is_closing():
                     break
                 transport.write(reply)

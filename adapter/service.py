@@ -15,6 +15,7 @@ from adapter.policy import PolicyDecider, PolicySession
 from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from adapter.redis_client import connect as connect_redis
 from adapter.resilience import ResilientUserli
+from adapter.sasl import Authenticator, SaslSession
 from adapter.server import Limits, Listener, ListenerHooks
 from adapter.userli import ENDPOINTS, Failure, UserliClient
 
@@ -23,6 +24,7 @@ __all__ = ["Service"]
 log = logging.getLogger("adapter.service")
 
 READY_TIMEOUT = 2.0  # /ready: userli must answer a cheap lookup within this long
+SASL_IDLE_TIMEOUT = 3600.0  # smtpd keeps its auth connection open while it lives; never close it first
 
 
 class Service:
@@ -46,6 +48,7 @@ class Service:
             socket_mode=config.socketmap_socket_mode,
         )
         self.policy = self._policy_listener(config) if config.policy_address is not None else None
+        self.sasl = self._sasl_listener(config) if config.sasl_address is not None else None
         self.http = HttpServer(
             config.metrics_address, {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
         )
@@ -103,14 +106,35 @@ class Service:
             socket_mode=config.policy_socket_mode,
         )
 
+    def _sasl_listener(self, config: Config) -> Listener:
+        assert config.sasl_address is not None
+        authenticator = Authenticator(self.userli, self.metrics, config.sasl_timeout, config.sasl_failure_delay)
+        return Listener(
+            "sasl",
+            config.sasl_address,
+            lambda: SaslSession(authenticator),
+            # Postfix keeps one auth connection per smtpd process for the process's lifetime.
+            Limits(max_connections=config.max_connections, idle_timeout=SASL_IDLE_TIMEOUT),
+            ListenerHooks(
+                connections_changed=self.metrics.sasl_active_connections.set,
+                pool_full=self.metrics.sasl_pool_full.inc,
+                framing_error=self.metrics.protocol_errors["sasl"].inc,
+            ),
+            socket_mode=config.sasl_socket_mode,
+            socket_owner=config.sasl_socket_owner,
+            socket_group=config.sasl_socket_group,
+        )
+
     def _listeners(self) -> list[Listener]:
-        return [listener for listener in (self.socketmap, self.policy) if listener is not None]
+        return [listener for listener in (self.socketmap, self.policy, self.sasl) if listener is not None]
 
     def _servers(self) -> list[tuple[str, Listener | HttpServer]]:
         """Everything that listens, with the variable that configures it (for start-up errors)."""
         servers: list[tuple[str, Listener | HttpServer]] = [("SOCKETMAP_LISTEN_ADDR", self.socketmap)]
         if self.policy is not None:
             servers.append(("POLICY_LISTEN_ADDR", self.policy))
+        if self.sasl is not None:
+            servers.append(("SASL_LISTEN_ADDR", self.sasl))
         return [*servers, ("METRICS_LISTEN_ADDR", self.http)]
 
     # --- side HTTP routes ------------------------------------------------------------------------

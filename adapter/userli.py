@@ -27,11 +27,13 @@ __all__ = [
     "ENDPOINTS",
     "LIST_MAPS",
     "MAPS",
+    "Authenticated",
     "Failure",
     "Found",
     "NotFound",
     "Outcome",
     "Quota",
+    "Refused",
     "UserliClient",
 ]
 
@@ -40,7 +42,7 @@ log = logging.getLogger("adapter.userli")
 LIST_MAPS = ("alias", "senders")  # 200 body: JSON list of addresses
 BOOL_MAPS = ("domain", "mailbox")  # 200 body: JSON true / false
 MAPS = (*LIST_MAPS, *BOOL_MAPS)  # the socketmap names
-ENDPOINTS = (*MAPS, "smtp_quota")  # every endpoint label of the HTTP metrics
+ENDPOINTS = (*MAPS, "smtp_quota", "auth")  # every endpoint label of the HTTP metrics
 READY_PROBE_DOMAIN = "health-check.invalid"  # a cheap lookup that userli can answer from its cache
 
 
@@ -72,6 +74,17 @@ class Quota:
         return self.per_hour == 0 and self.per_day == 0
 
 
+@dataclass(frozen=True, slots=True)
+class Authenticated:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str  # userli's own words, e.g. "authentication failed", "user disabled due to spam role"
+
+
+AUTHENTICATED = Authenticated()
 Outcome = Found | NotFound | Failure
 NOT_FOUND = NotFound()
 TRUE = Found(("1",))
@@ -139,16 +152,41 @@ class UserliClient:
     async def ready(self, timeout: float) -> Outcome:
         return await self.lookup("domain", READY_PROBE_DOMAIN, timeout=timeout)
 
+    async def authenticate(self, email: str, password: str, timeout: float) -> Authenticated | Refused | Failure:
+        """``POST /api/postfix/auth``. Fail-closed: only a 200 saying "success" is a success."""
+        response = await self._send("auth", "/api/postfix/auth", timeout, {"email": email, "password": password})
+        if isinstance(response, Failure):
+            return response
+        status = response.status_code
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            body = None
+        message = body.get("message") if isinstance(body, dict) else None
+        if status == 200:
+            return AUTHENTICATED if message == "success" else Failure("userli sent unexpected data")
+        if status in (401, 403, 422):  # wrong password or unknown user; disabled user; invalid input
+            reason = message if isinstance(message, str) and message.isprintable() else "authentication failed"
+            return Refused(reason[:200])
+        return _status_failure(status)
+
     async def _get(self, endpoint: str, key: str, timeout: float | None = None) -> httpx.Response | Failure:
-        """GET ``/api/postfix/{endpoint}/{key}``, timed and counted; transport problems become a Failure."""
         # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
         # keys.py never lets '.' or '..' through, so no key can reach another path.
-        path = f"/api/postfix/{endpoint}/{quote(key, safe='@')}"
+        return await self._send(endpoint, f"/api/postfix/{endpoint}/{quote(key, safe='@')}", timeout)
+
+    async def _send(
+        self, endpoint: str, path: str, timeout: float | None, body: dict[str, str] | None = None
+    ) -> httpx.Response | Failure:
+        """One request, timed and counted; transport problems become a Failure. GET, or POST a JSON body."""
         started = time.perf_counter()
         status: int | None = None
         try:
             async with asyncio.timeout(timeout or self._timeout):
-                response = await self._http.get(path)
+                if body is None:
+                    response = await self._http.get(path)
+                else:
+                    response = await self._http.post(path, json=body)
             status = response.status_code
             return response
         except (TimeoutError, httpx.TimeoutException):

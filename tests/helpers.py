@@ -35,6 +35,12 @@ DATA: dict[str, dict[str, Any]] = {
     "domain": {"example.org": True},
     "mailbox": {"user@example.org": True, "other@example.org": True},
     "senders": {"user@example.org": ["user@example.org", "alias@example.org"]},
+    "auth": {  # passwords; userli answers 403 for users disabled by the spam role
+        "user@example.org": "correct horse",
+        "other@example.org": "tab\tand\\ back",
+        "spammer@example.org": "pw",
+    },
+    "disabled": {"spammer@example.org": True},
     "smtp_quota": {
         "user@example.org": {"per_hour": 3, "per_day": 100},
         "other@example.org": {"per_hour": 0, "per_day": 0},
@@ -86,7 +92,16 @@ class UserliStub:
                 stub.requests.append((self.path, dict(self.headers)))
                 if stub.delay:
                     time.sleep(stub.delay)
-                status, body = stub.answer(self.path, self.headers.get("Authorization", ""))
+                self._send(*stub.answer(self.path, self.headers.get("Authorization", "")))
+
+            def do_POST(self) -> None:
+                stub.requests.append((self.path, dict(self.headers)))
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if stub.delay:
+                    time.sleep(stub.delay)
+                self._send(*stub.authenticate(self.path, self.headers.get("Authorization", ""), body))
+
+            def _send(self, status: int, body: bytes) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -112,6 +127,25 @@ class UserliStub:
         for conn in list(self._open):
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+
+    def authenticate(self, path: str, authorization: str, body: bytes) -> tuple[int, bytes]:
+        if authorization != f"Bearer {self.token}":
+            return 401, b'{"error":"Invalid API token"}'
+        if path != "/api/postfix/auth":
+            return 404, b'{"error":{"message":"No route found","code":404}}'
+        if self.behaviour is not None:
+            answer = self.behaviour("auth", body.decode(errors="replace"))
+            if answer is not None:
+                return answer
+        try:
+            email, password = json.loads(body)["email"], json.loads(body)["password"]
+        except (ValueError, KeyError, TypeError):
+            return 422, b'{"message":"invalid request"}'
+        if self.data["auth"].get(email) != password:
+            return 401, b'{"message":"authentication failed"}'
+        if self.data["disabled"].get(email):
+            return 403, b'{"message":"user disabled due to spam role"}'
+        return 200, b'{"message":"success"}'
 
     def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
         if authorization != f"Bearer {self.token}":

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
-from helpers import free_port, port_open, wait_until
+from helpers import free_port, wait_until
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 
@@ -54,6 +55,15 @@ postlog   unix-dgram n  -       n       -       1       postlogd
 """
 
 
+def port_in_use(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
 class PostfixInstance:
     def __init__(self, main_cf: dict[str, str] | None = None, master_cf: str = "") -> None:
         # Postfix's own users must reach the queue: the root of the instance is world-traversable.
@@ -80,12 +90,19 @@ class PostfixInstance:
         result = subprocess.run([POSTFIX, "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"postfix did not start:\n{self.maillog()}")
-        wait_until(lambda: port_open(self.smtp_port), timeout=15)
+        # Probe by binding, not connecting: a connection would start an smtpd before the test is
+        # ready for it (for instance before the SASL socket exists).
+        wait_until(lambda: port_in_use(self.smtp_port), timeout=15)
         return self
 
     def stop(self) -> None:
         subprocess.run([POSTFIX, "-c", str(self.conf), "stop"], capture_output=True, timeout=60)
         shutil.rmtree(self.root, ignore_errors=True)
+
+    @property
+    def private_dir(self) -> Path:
+        """Where Postfix's private sockets live (``private/...`` in main.cf is relative to the queue)."""
+        return self.root / "queue" / "private"
 
     def maillog(self) -> str:
         path = self.root / "maillog"

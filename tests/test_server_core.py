@@ -43,6 +43,8 @@ class Counters:
 class LineSession:
     """Newline-framed test protocol: answers each line upper-cased. ``wait`` blocks on the gate."""
 
+    close_when_busy = False
+
     def __init__(self, gate: asyncio.Event, started: threading.Event, greeting: bytes = b"") -> None:
         self.greeting = greeting
         self._gate, self._started = gate, started

@@ -1,0 +1,155 @@
+"""The SASL listener on loopback: a plain blocking Dovecot-auth client, the HTTP stand-in for userli."""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import pwd
+import socket
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers import StartAdapter, UserliStub, metric, wait_until
+
+from adapter.config import ListenAddress
+
+
+class AuthClient:
+    def __init__(self, address: int | str) -> None:
+        if isinstance(address, int):
+            self.sock = socket.create_connection(("127.0.0.1", address), timeout=10)
+        else:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.settimeout(10)
+            self.sock.connect(address)
+        self._buffer = b""
+        self.handshake = []
+        while not self.handshake or self.handshake[-1] != "DONE":
+            self.handshake.append(self.line())
+        self.sock.sendall(b"VERSION\t1\t0\nCPID\t1234\n")
+
+    def line(self) -> str:
+        while b"\n" not in self._buffer:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def plain(self, request_id: int, user: str, password: str) -> str:
+        response = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        self.sock.sendall(f"AUTH\t{request_id}\tPLAIN\tservice=smtp\tnologin\tresp={response}\n".encode())
+        return self.line()
+
+    def login(self, request_id: int, user: str, password: str) -> str:
+        self.sock.sendall(f"AUTH\t{request_id}\tLOGIN\tservice=smtp\tnologin\n".encode())
+        assert self.line() == f"CONT\t{request_id}\t{base64.b64encode(b'Username:').decode()}"
+        self.sock.sendall(f"CONT\t{request_id}\t{base64.b64encode(user.encode()).decode()}\n".encode())
+        assert self.line() == f"CONT\t{request_id}\t{base64.b64encode(b'Password:').decode()}"
+        self.sock.sendall(f"CONT\t{request_id}\t{base64.b64encode(password.encode()).decode()}\n".encode())
+        return self.line()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def sasl_port(adapter: object) -> int:
+    port = adapter.service.sasl.bound.port  # type: ignore[attr-defined]
+    assert port is not None
+    return port
+
+
+TCP = ListenAddress(host="127.0.0.1", port=0)
+
+
+def test_handshake_and_both_mechanisms(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter(sasl_address=TCP, sasl_failure_delay=0)
+    client = AuthClient(sasl_port(adapter))
+    commands = [line.split("\t")[0] for line in client.handshake]
+    assert commands == ["VERSION", "MECH", "MECH", "SPID", "CUID", "COOKIE", "DONE"]
+    assert client.plain(1, "User@Example.org", "correct horse") == "OK\t1\tuser=user@example.org"
+    assert client.login(2, "user@example.org", "correct horse") == "OK\t2\tuser=user@example.org"
+    assert client.plain(3, "user@example.org", "wrong") == "FAIL\t3\treason=authentication failed"
+    assert client.plain(4, "spammer@example.org", "pw") == "FAIL\t4\treason=user disabled due to spam role"
+    assert client.plain(5, "other@example.org", "tab\tand\\ back") == "OK\t5\tuser=other@example.org"
+    client.close()
+    assert metric(adapter.http_url, 'userli_postfix_adapter_sasl_auth_total{mechanism="PLAIN",result="success"}') == 2
+
+
+def test_userli_down_closes_the_connection_without_an_answer(start_adapter: StartAdapter, userli: UserliStub) -> None:
+    adapter = start_adapter(sasl_address=TCP)
+    userli.stop()
+    client = AuthClient(sasl_port(adapter))
+    with pytest.raises(ConnectionError):  # never OK, never a FAIL that reads as "wrong password"
+        client.plain(1, "user@example.org", "correct horse")
+    client.close()
+    userli.restart()
+    again = AuthClient(sasl_port(adapter))  # Postfix reconnects for its next AUTH
+    assert again.plain(2, "user@example.org", "correct horse") == "OK\t2\tuser=user@example.org"
+    again.close()
+
+
+def test_failure_delay_does_not_block_other_connections(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter(sasl_address=TCP, sasl_failure_delay=1.5)
+    slow, fast = AuthClient(sasl_port(adapter)), AuthClient(sasl_port(adapter))
+    failed: list[tuple[str, float]] = []
+    started = time.monotonic()
+    guesser = threading.Thread(
+        target=lambda: failed.append((slow.plain(1, "user@example.org", "guess"), time.monotonic()))
+    )
+    guesser.start()
+    time.sleep(0.2)
+    assert fast.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
+    answered = time.monotonic()
+    guesser.join(10)
+    assert failed[0][0] == "FAIL\t1\treason=authentication failed"
+    assert answered < failed[0][1]  # the good login was answered while the guess was held back
+    assert failed[0][1] - started >= 1.5
+
+
+def test_idle_auth_connection_is_kept(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter(sasl_address=TCP, idle_timeout=0.2)  # the socketmap idle timeout does not apply
+    client = AuthClient(sasl_port(adapter))
+    time.sleep(0.6)
+    assert client.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
+    client.close()
+
+
+def test_pool_full_closes_at_once(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter(sasl_address=TCP, max_connections=1)
+    first = AuthClient(sasl_port(adapter))
+    extra = socket.create_connection(("127.0.0.1", sasl_port(adapter)), timeout=5)
+    assert extra.recv(100) == b""  # closed without a handshake: Postfix answers 454, the client retries
+    wait_until(lambda: metric(adapter.http_url, "userli_postfix_adapter_sasl_connection_pool_full_total") == 1)
+    assert first.plain(1, "user@example.org", "correct horse").startswith("OK")
+
+
+def test_garbage_closes_only_that_connection(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter(sasl_address=TCP)
+    good = AuthClient(sasl_port(adapter))
+    bad = socket.create_connection(("127.0.0.1", sasl_port(adapter)), timeout=5)
+    bad.sendall(b"VERSION\t9\t0\n")
+    data = b""
+    while chunk := bad.recv(4096):
+        data += chunk
+    assert data.endswith(b"DONE\n")  # the handshake, then the close
+    assert good.plain(1, "user@example.org", "correct horse").startswith("OK")
+
+
+def test_unix_socket_for_the_postfix_chroot(start_adapter: StartAdapter, tmp_path: Path) -> None:
+    path = tmp_path / "auth"
+    uid, gid = pwd.getpwnam("postfix").pw_uid, grp.getgrnam("postfix").gr_gid
+    start_adapter(
+        sasl_address=ListenAddress(path=str(path)), sasl_socket_mode=0o660, sasl_socket_owner=uid, sasl_socket_group=gid
+    )
+    info = os.stat(path)
+    assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o660
+    assert (info.st_uid, info.st_gid) == (uid, gid)
+    client = AuthClient(str(path))
+    assert client.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
+    client.close()
