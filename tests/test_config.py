@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pwd
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,27 @@ def test_policy_settings() -> None:
     assert (config.rate_limit_count, config.rate_limit_action) == ("recipients", "DEFER_IF_PERMIT")
     assert config.rate_limit_message == "Too much mail from you today"
     assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": ""}).policy_address is None
+
+
+def test_sasl_settings() -> None:
+    defaults = Config.from_env({"USERLI_TOKEN": "abc"})
+    assert defaults.sasl_address is None
+    assert (defaults.sasl_socket_mode, defaults.sasl_timeout, defaults.sasl_failure_delay) == (0o660, 5.0, 2.0)
+    config = Config.from_env(
+        {
+            "USERLI_TOKEN": "abc",
+            "SASL_LISTEN_ADDR": "/var/spool/postfix/private/userli-auth",
+            "SASL_SOCKET_MODE": "0600",
+            "SASL_SOCKET_OWNER": "postfix",
+            "SASL_SOCKET_GROUP": "0",
+            "SASL_TIMEOUT": "3s",
+            "SASL_FAILURE_DELAY": "0",
+        }
+    )
+    assert config.sasl_address == ListenAddress(path="/var/spool/postfix/private/userli-auth")
+    assert config.sasl_socket_owner == pwd.getpwnam("postfix").pw_uid
+    assert (config.sasl_socket_group, config.sasl_socket_mode) == (0, 0o600)
+    assert (config.sasl_timeout, config.sasl_failure_delay) == (3.0, 0.0)
 
 
 def test_credentials_in_the_userli_url_are_not_logged() -> None:
@@ -167,6 +189,11 @@ def test_token_never_in_repr_or_summary() -> None:
         ({"USERLI_TOKEN": "a", "RATE_LIMIT_ACTION": "250"}, "RATE_LIMIT_ACTION"),
         ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "two\nlines"}, "RATE_LIMIT_MESSAGE"),
         ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "x" * 201}, "RATE_LIMIT_MESSAGE"),
+        ({"USERLI_TOKEN": "a", "SASL_LISTEN_ADDR": "auth"}, "SASL_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "SASL_SOCKET_OWNER": "no-such-user-here"}, "SASL_SOCKET_OWNER"),
+        ({"USERLI_TOKEN": "a", "SASL_SOCKET_GROUP": "no-such-group-here"}, "SASL_SOCKET_GROUP"),
+        ({"USERLI_TOKEN": "a", "SASL_TIMEOUT": "12s"}, "SASL_TIMEOUT"),  # over Postfix's 10 s
+        ({"USERLI_TOKEN": "a", "SASL_TIMEOUT": "6s", "SASL_FAILURE_DELAY": "3s"}, "SASL_FAILURE_DELAY"),
     ],
 )
 def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
