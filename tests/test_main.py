@@ -140,3 +140,13 @@ def test_address_in_use_exits_1_with_one_line(userli: UserliStub) -> None:
     assert proc.returncode == 1
     assert time.monotonic() - started < 20
     assert f"cannot start: SOCKETMAP_LISTEN_ADDR=127.0.0.1:{port}: " in err.strip().splitlines()[-1]
+
+
+def test_healthcheck_command(process: subprocess.Popen[str], ports: tuple[int, int]) -> None:
+    def healthcheck(addr: str) -> int:
+        env = {**os.environ, "METRICS_LISTEN_ADDR": addr}
+        return subprocess.run([sys.executable, "-m", "adapter.healthcheck"], env=env, timeout=30).returncode
+
+    assert healthcheck(f"127.0.0.1:{ports[1]}") == 0
+    assert healthcheck(f":{ports[1]}") == 0  # all interfaces: asks loopback
+    assert healthcheck(f"127.0.0.1:{free_port()}") == 1  # nothing there
