@@ -5,8 +5,12 @@ Both store the last known answer of userli per (map, canonical key) and say how 
 
 * a positive answer (``OK ...``) is *fresh* for LOOKUP_CACHE_TTL and may be served *stale*, only
   while userli is failing, until LOOKUP_STALE_TTL;
-* a NOTFOUND is kept only when LOOKUP_NEGATIVE_TTL is set, and is never served stale: a "no"
-  replaces any positive entry, so a deleted address cannot come back from the cache.
+* a NOTFOUND is fresh for LOOKUP_NEGATIVE_TTL (default 0). It replaces any positive entry, so a
+  deleted address cannot come back from the cache. Only NOTFOUNDs of the maps in
+  ``STALE_NOTFOUND_MAPS`` may stand in while userli fails: "not an alias" never bounces mail on its
+  own (Postfix goes on to the mailbox map), yet Postfix asks the alias map for every recipient, so
+  without it no mail at all could be accepted during an outage. A NOTFOUND of the mailbox, domain
+  or senders map is what rejects mail; those are never served stale.
 
 Redis holds the socketmap reply itself (``OK a,b`` / ``NOTFOUND ``) under
 ``userli:lookup:<map>:<key>`` with a TTL equal to how long the entry is kept; the age is that
@@ -29,7 +33,7 @@ import redis.asyncio as redis
 
 from adapter.userli import NOT_FOUND, Found, NotFound
 
-__all__ = ["Answer", "Entry", "Freshness", "MemoryCache", "RedisCache"]
+__all__ = ["STALE_NOTFOUND_MAPS", "Answer", "Entry", "Freshness", "MemoryCache", "RedisCache"]
 
 log = logging.getLogger("adapter.cache")
 
@@ -46,23 +50,31 @@ class Entry(Generic[T]):
     stale_until: float  # clock time until which it may stand in while userli fails (OK only)
 
 
+STALE_NOTFOUND_MAPS = frozenset({"alias"})
+
+
 @dataclass(frozen=True, slots=True)
 class Freshness:
     ttl: float
     negative_ttl: float
     stale_ttl: float
 
-    def keep_for(self, answer: Answer) -> float:
-        """How long to keep an answer at all; 0 means do not store it."""
+    def _lifetimes(self, map_name: str, answer: Answer) -> tuple[float, float]:
+        """(fresh for, usable stale until) in seconds from when userli answered."""
         if isinstance(answer, Found):
-            return max(self.ttl, self.stale_ttl)
-        return self.negative_ttl
+            return self.ttl, self.stale_ttl
+        return self.negative_ttl, self.stale_ttl if map_name in STALE_NOTFOUND_MAPS else 0.0
 
-    def entry(self, answer: Answer, now: float, age: float = 0.0, fresh_cap: float = math.inf) -> Entry[Answer]:
+    def keep_for(self, map_name: str, answer: Answer) -> float:
+        """How long to keep an answer at all; 0 means do not store it."""
+        return max(self._lifetimes(map_name, answer))
+
+    def entry(
+        self, map_name: str, answer: Answer, now: float, age: float = 0.0, fresh_cap: float = math.inf
+    ) -> Entry[Answer]:
         """An entry for an answer that is ``age`` seconds old; ``fresh_cap`` shortens its freshness."""
-        if isinstance(answer, Found):
-            return Entry(answer, now + min(self.ttl - age, fresh_cap), now + self.stale_ttl - age)
-        return Entry(answer, now + min(self.negative_ttl - age, fresh_cap), now)
+        fresh, stale = self._lifetimes(map_name, answer)
+        return Entry(answer, now + min(fresh - age, fresh_cap), now + stale - age)
 
 
 class MemoryCache(Generic[T]):
@@ -138,13 +150,13 @@ class RedisCache:
         answer = decode(value) if isinstance(value, str) else None
         if answer is None or pttl is None or pttl < 0:
             return None
-        return answer, max(0.0, self._policy.keep_for(answer) - pttl / 1000)
+        return answer, max(0.0, self._policy.keep_for(map_name, answer) - pttl / 1000)
 
     async def put(self, map_name: str, key: str, answer: Answer) -> None:
         """Store the latest answer, or drop the key when this answer is not to be kept."""
         if self._skipping():
             return
-        keep = self._policy.keep_for(answer)
+        keep = self._policy.keep_for(map_name, answer)
         try:
             if keep > 0:
                 await self._client.set(self.key(map_name, key), encode(answer), px=max(1, int(keep * 1000)))

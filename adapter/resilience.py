@@ -5,8 +5,8 @@
 1. a fresh cached answer is served without asking userli (in-process tier, then Redis);
 2. concurrent lookups of the same key share one userli call (single flight);
 3. the circuit breaker answers at once while userli is known to be down;
-4. when userli fails in an outage-like way, the last positive answer younger than
-   LOOKUP_STALE_TTL stands in for it. A NOTFOUND is never served stale.
+4. when userli fails in an outage-like way, the last answer younger than LOOKUP_STALE_TTL stands
+   in for it: a positive one, or an alias map's NOTFOUND (see cache.py for why only that one).
 
 Failures are logged when userli starts failing and when it recovers, not once per lookup.
 """
@@ -93,7 +93,7 @@ class ResilientUserli:
             shared = await self._redis.get(map_name, key)
             if shared is not None:
                 now = self._clock()
-                entry = self._policy.entry(shared[0], now, age=shared[1], fresh_cap=self._first_tier_cap)
+                entry = self._policy.entry(map_name, shared[0], now, age=shared[1], fresh_cap=self._first_tier_cap)
                 if now < entry.fresh_until:
                     self._memory.put(cache_key, entry)
                     self._metrics.observe_cache(map_name, "hit")
@@ -137,8 +137,9 @@ class ResilientUserli:
 
     async def _store(self, cache_key: str, map_name: str, key: str, answer: Answer) -> None:
         """Remember userli's latest word. A "no" that is not to be kept still removes the old "yes"."""
-        if self._policy.keep_for(answer) > 0:
-            self._memory.put(cache_key, self._policy.entry(answer, self._clock(), fresh_cap=self._first_tier_cap))
+        if self._policy.keep_for(map_name, answer) > 0:
+            entry = self._policy.entry(map_name, answer, self._clock(), fresh_cap=self._first_tier_cap)
+            self._memory.put(cache_key, entry)
         else:
             self._memory.delete(cache_key)
         if self._redis is not None:

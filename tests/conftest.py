@@ -51,19 +51,23 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.kill()
 
 
-@pytest.fixture
-def start_postfix() -> Iterator[Callable[..., Any]]:
-    """Start private Postfix instances (main.cf overrides as keyword dict); all stopped at teardown."""
+@pytest.fixture(scope="session")
+def postfix_available() -> None:
     if not (shutil.which("postfix") or os.path.exists("/usr/sbin/postfix")):
         if os.environ.get("CI"):
             pytest.fail("postfix is missing in CI: .ci/run must install the postfix package")
         pytest.skip("Postfix is not installed (apt-get install postfix)")
+
+
+@pytest.fixture
+def start_postfix(postfix_available: None) -> Iterator[Callable[..., Any]]:
+    """Start private Postfix instances (main.cf overrides as keyword dict); all stopped at teardown."""
     from postfix import PostfixInstance
 
     started: list[PostfixInstance] = []
 
-    def start(main_cf: dict[str, str] | None = None, master_cf: str = "") -> PostfixInstance:
-        instance = PostfixInstance(main_cf, master_cf)
+    def start(main_cf: dict[str, str] | None = None, services: dict[str, str] | None = None) -> PostfixInstance:
+        instance = PostfixInstance(main_cf, services)
         started.append(instance)
         return instance.start()
 

@@ -34,7 +34,14 @@ DATA: dict[str, dict[str, Any]] = {
     },
     "domain": {"example.org": True},
     "mailbox": {"user@example.org": True, "other@example.org": True},
-    "senders": {"user@example.org": ["user@example.org", "alias@example.org"]},
+    # userli's senders/{address}: the logins that may send as that address (the user itself,
+    # or the destinations of an alias).
+    "senders": {
+        "user@example.org": ["user@example.org"],
+        "other@example.org": ["other@example.org"],
+        "alias@example.org": ["user@example.org"],
+        "team@example.org": ["user@example.org", "other@example.org"],
+    },
     "auth": {  # passwords; userli answers 403 for users disabled by the spam role
         "user@example.org": "correct horse",
         "other@example.org": "tab\tand\\ back",

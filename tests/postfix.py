@@ -65,7 +65,9 @@ def port_in_use(port: int) -> bool:
 
 
 class PostfixInstance:
-    def __init__(self, main_cf: dict[str, str] | None = None, master_cf: str = "") -> None:
+    def __init__(self, main_cf: dict[str, str] | None = None, services: dict[str, str] | None = None) -> None:
+        """``services``: master.cf lines that replace the default line of the same service name.
+        Both may still be changed until ``start`` writes the configuration."""
         # Postfix's own users must reach the queue: the root of the instance is world-traversable.
         self.root = Path(tempfile.mkdtemp(prefix="postfix-test-", dir="/tmp"))
         os.chmod(self.root, 0o755)
@@ -74,7 +76,7 @@ class PostfixInstance:
         for name in ("conf", "queue", "data"):
             (self.root / name).mkdir()
         shutil.chown(self.root / "data", "postfix")
-        settings = {
+        self.main_cf = {
             **MAIN_CF,
             "queue_directory": str(self.root / "queue"),
             "data_directory": str(self.root / "data"),
@@ -82,11 +84,16 @@ class PostfixInstance:
             "maillog_file_prefixes": str(self.root),
             **(main_cf or {}),
         }
-        (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        self.services = dict(services or {})
+
+    def _write_configuration(self) -> None:
+        (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in self.main_cf.items()))
         smtpd = f"127.0.0.1:{self.smtp_port} inet n - n - - smtpd\n"
-        (self.conf / "master.cf").write_text(smtpd + MASTER_CF + master_cf)
+        lines = [self.services.get(line.split()[0], line) for line in MASTER_CF.splitlines()]
+        (self.conf / "master.cf").write_text(smtpd + "\n".join(lines) + "\n")
 
     def start(self) -> PostfixInstance:
+        self._write_configuration()
         result = subprocess.run([POSTFIX, "-c", str(self.conf), "start"], capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             raise RuntimeError(f"postfix did not start:\n{self.maillog()}")

@@ -13,32 +13,42 @@ POLICY = Freshness(ttl=300, negative_ttl=30, stale_ttl=86_400)
 
 
 def test_positive_entry_times() -> None:
-    entry = POLICY.entry(OK, now=1000.0)
+    entry = POLICY.entry("mailbox", OK, now=1000.0)
     assert (entry.fresh_until, entry.stale_until) == (1300.0, 1000.0 + 86_400)
 
 
 def test_positive_entry_from_an_older_answer_with_a_cap() -> None:
-    entry = POLICY.entry(OK, now=1000.0, age=100.0, fresh_cap=10.0)
+    entry = POLICY.entry("mailbox", OK, now=1000.0, age=100.0, fresh_cap=10.0)
     assert (entry.fresh_until, entry.stale_until) == (1010.0, 1000.0 + 86_300)
-    entry = POLICY.entry(OK, now=1000.0, age=295.0, fresh_cap=10.0)
+    entry = POLICY.entry("mailbox", OK, now=1000.0, age=295.0, fresh_cap=10.0)
     assert entry.fresh_until == 1005.0  # never fresher than the shared answer itself
 
 
-def test_negative_entry_is_never_stale() -> None:
-    entry = POLICY.entry(NOT_FOUND, now=1000.0)
-    assert (entry.fresh_until, entry.stale_until) == (1030.0, 1000.0)
+def test_notfound_that_rejects_mail_is_never_stale() -> None:
+    for map_name in ("mailbox", "domain", "senders"):
+        entry = POLICY.entry(map_name, NOT_FOUND, now=1000.0)
+        assert (entry.fresh_until, entry.stale_until) == (1030.0, 1000.0), map_name
+
+
+def test_alias_notfound_may_stand_in_during_an_outage() -> None:
+    entry = POLICY.entry("alias", NOT_FOUND, now=1000.0)
+    assert (entry.fresh_until, entry.stale_until) == (1030.0, 1000.0 + 86_400)
 
 
 def test_keep_for() -> None:
-    assert POLICY.keep_for(OK) == 86_400
-    assert POLICY.keep_for(NOT_FOUND) == 30
-    assert Freshness(ttl=300, negative_ttl=0, stale_ttl=0).keep_for(OK) == 300
-    assert Freshness(ttl=300, negative_ttl=0, stale_ttl=0).keep_for(NOT_FOUND) == 0
+    assert POLICY.keep_for("mailbox", OK) == 86_400
+    assert POLICY.keep_for("mailbox", NOT_FOUND) == 30
+    assert POLICY.keep_for("alias", NOT_FOUND) == 86_400
+    no_stale = Freshness(ttl=300, negative_ttl=0, stale_ttl=0)
+    assert no_stale.keep_for("mailbox", OK) == 300
+    assert no_stale.keep_for("mailbox", NOT_FOUND) == 0
+    assert no_stale.keep_for("alias", NOT_FOUND) == 0
+    assert Freshness(ttl=300, negative_ttl=0, stale_ttl=3600).keep_for("senders", NOT_FOUND) == 0
 
 
 def test_memory_cache_drops_entries_that_are_neither_fresh_nor_stale() -> None:
     cache = MemoryCache(10)
-    cache.put("k", Freshness(10, 0, 20).entry(OK, now=0.0))
+    cache.put("k", Freshness(10, 0, 20).entry("mailbox", OK, now=0.0))
     assert cache.get("k", now=5.0) is not None  # fresh
     assert cache.get("k", now=15.0) is not None  # stale but usable
     assert cache.get("k", now=20.0) is None
@@ -48,9 +58,9 @@ def test_memory_cache_drops_entries_that_are_neither_fresh_nor_stale() -> None:
 def test_memory_cache_evicts_the_least_recently_used() -> None:
     cache = MemoryCache(2)
     for key in ("a", "b"):
-        cache.put(key, POLICY.entry(OK, now=0.0))
+        cache.put(key, POLICY.entry("mailbox", OK, now=0.0))
     assert cache.get("a", now=1.0) is not None  # 'a' is now the most recently used
-    cache.put("c", POLICY.entry(OK, now=1.0))
+    cache.put("c", POLICY.entry("mailbox", OK, now=1.0))
     assert cache.get("b", now=1.0) is None
     assert cache.get("a", now=1.0) is not None
     assert cache.get("c", now=1.0) is not None
@@ -59,7 +69,7 @@ def test_memory_cache_evicts_the_least_recently_used() -> None:
 def test_a_million_random_keys_keep_the_cache_at_its_bound() -> None:
     cache = MemoryCache(1000)
     rng = random.Random(7)
-    entry = POLICY.entry(OK, now=0.0)
+    entry = POLICY.entry("mailbox", OK, now=0.0)
     alphabet = string.ascii_lowercase + string.digits
     for i in range(1_000_000):
         cache.put(f"mailbox:{''.join(rng.choices(alphabet, k=10))}{i}@example.org", entry)

@@ -57,7 +57,7 @@ def test_outage_drill(start_adapter: StartAdapter, userli: UserliStub) -> None:
         ("alias", "alias@example.org"): "OK user@example.org",
         ("domain", "example.org"): "OK 1",
         ("mailbox", "user@example.org"): "OK 1",
-        ("senders", "user@example.org"): "OK user@example.org,alias@example.org",
+        ("senders", "team@example.org"): "OK user@example.org,other@example.org",
     }
     with SocketmapClient(adapter.socketmap_port) as client:
         for (map_name, key), reply in known.items():

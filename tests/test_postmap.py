@@ -63,7 +63,8 @@ def tcp(postmap: str, config_dir: str, adapter: RunningService) -> Postmap:
         ("alias", "Team@Example.ORG", "user@example.org,other@example.org"),  # client's letter case
         ("domain", "example.org", "1"),
         ("mailbox", "user@example.org", "1"),
-        ("senders", "user@example.org", "user@example.org,alias@example.org"),
+        ("senders", "user@example.org", "user@example.org"),
+        ("senders", "team@example.org", "user@example.org,other@example.org"),
     ],
 )
 def test_found(tcp: Postmap, map_name: str, key: str, value: str) -> None:

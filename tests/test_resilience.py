@@ -177,11 +177,32 @@ def test_no_stale_answer_after_userli_said_notfound(fake: FakeUserli) -> None:
 
     async def scenario(r: ResilientUserli) -> None:
         assert await r.lookup("alias", "alias@example.org") == OK
+        assert await r.lookup("mailbox", "user@example.org") == Found(("1",))
         h.clock.now += 120
         del fake.data["alias/alias@example.org"]  # the alias was deleted
+        del fake.data["mailbox/user@example.org"]  # and the mailbox
         assert await r.lookup("alias", "alias@example.org") == NOT_FOUND
+        assert await r.lookup("mailbox", "user@example.org") == NOT_FOUND
         fake.mode = "down"
-        assert await r.lookup("alias", "alias@example.org") == Failure("userli unreachable")  # never the old OK
+        # Never the old OK. An alias "no" may stand in (it never bounces mail on its own) ...
+        assert await r.lookup("alias", "alias@example.org") == NOT_FOUND
+        # ... a mailbox "no" may not: it would bounce mail, so the outage answers TEMP.
+        assert await r.lookup("mailbox", "user@example.org") == Failure("userli unreachable")
+
+    h.run(scenario)
+
+
+def test_notfound_that_rejects_mail_is_never_served_stale(fake: FakeUserli) -> None:
+    h = Harness(fake, ttl=60, stale_ttl=3600)
+
+    async def scenario(r: ResilientUserli) -> None:
+        for map_name in ("mailbox", "domain", "senders", "alias"):
+            assert await r.lookup(map_name, "ghost@example.org") == NOT_FOUND
+        h.clock.now += 1
+        fake.mode = "down"
+        for map_name in ("mailbox", "domain", "senders"):
+            assert await r.lookup(map_name, "ghost@example.org") == Failure("userli unreachable"), map_name
+        assert await r.lookup("alias", "ghost@example.org") == NOT_FOUND
 
     h.run(scenario)
 
