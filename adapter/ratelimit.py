@@ -4,6 +4,11 @@ Every checked message is recorded, refused ones too: a sender who keeps trying w
 limit stays over it. A message of weight w (1, or its recipient count) is allowed when the
 weights already recorded in each window plus w stay within that window's limit (0 = no limit).
 
+Only the newest ``max(per_hour, per_day) + 1`` events of a sender are kept: each weighs at least 1,
+so when older ones were dropped the kept ones alone exceed the limit, and every decision is the
+same as with all events, while a sender hammering away while blocked costs bounded memory and
+time per check.
+
 Two stores with the same rule: in-process (one replica; lost on restart) and Redis (shared by
 replicas, survives restarts; one atomic Lua script per check, keys expire a little after a day).
 """
@@ -33,6 +38,10 @@ class Decision:
     allowed: bool
     last_hour: int  # weight recorded in the windows before this message
     last_day: int
+
+
+def events_to_keep(quota: Quota) -> int:
+    return max(quota.per_hour, quota.per_day) + 1
 
 
 def decide(quota: Quota, last_hour: int, last_day: int, weight: int) -> Decision:
@@ -68,6 +77,8 @@ class MemoryRateLimiter:
         last_day = sum(w for _, w in events)
         last_hour = sum(w for t, w in events if t > now - HOUR)
         events.append((now, weight))
+        while len(events) > events_to_keep(quota):
+            events.popleft()
         self._checks += 1
         if self._checks % 10_000 == 0:
             self._forget_idle(now)
@@ -79,7 +90,8 @@ class MemoryRateLimiter:
             del self._events[identity]
 
 
-# KEYS[1]: the identity's sorted set. ARGV: now, member, key ttl. Members end in ':<weight>'.
+# KEYS[1]: the identity's sorted set. ARGV: now, member, key ttl, events to keep.
+# Members end in ':<weight>'.
 _CHECK_SCRIPT = """
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -92,6 +104,8 @@ for i = 1, #entries, 2 do
   if tonumber(entries[i + 1]) > now - 3600 then hour = hour + weight end
 end
 redis.call('ZADD', key, now, ARGV[2])
+local excess = redis.call('ZCARD', key) - tonumber(ARGV[4])
+if excess > 0 then redis.call('ZREMRANGEBYRANK', key, 0, excess - 1) end
 redis.call('EXPIRE', key, tonumber(ARGV[3]))
 return {hour, day}
 """
@@ -111,7 +125,9 @@ class RedisRateLimiter:
         now = self._clock()
         member = f"{now:.6f}:{uuid.uuid4().hex[:12]}:{weight}"
         try:
-            last_hour, last_day = await self._script(keys=[self.key(identity)], args=[now, member, KEY_TTL])
+            last_hour, last_day = await self._script(
+                keys=[self.key(identity)], args=[now, member, KEY_TTL, events_to_keep(quota)]
+            )
         except (redis.RedisError, OSError) as exc:
             raise RateLimitError(exc.__class__.__name__) from exc
         return decide(quota, int(last_hour), int(last_day), weight)

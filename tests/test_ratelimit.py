@@ -137,12 +137,40 @@ def test_identities_are_counted_apart(run: Callable[[Scenario], None]) -> None:
     run(scenario)
 
 
+def test_a_hammering_sender_stays_blocked_with_bounded_state(
+    run: Callable[[Scenario], None], request: pytest.FixtureRequest
+) -> None:
+    stored: list[int] = []
+
+    async def scenario(limiter: RateLimiter, clock: Clock) -> None:
+        quota = Quota(per_hour=5, per_day=20)
+        assert await allowed(limiter, quota, 5) == [True] * 5
+        for _ in range(5000):  # keeps trying, a second apart
+            clock.now += 1
+            assert not (await limiter.check("u@example.org", quota, 1)).allowed
+        stored.append(await _stored_events(limiter))
+        clock.now += HOUR + 1  # stops for an hour: the day still holds 20+, so still refused
+        assert not (await limiter.check("u@example.org", quota, 1)).allowed
+        clock.now += DAY
+        assert (await limiter.check("u@example.org", quota, 1)).allowed
+
+    run(scenario)
+    assert stored == [21]  # max(per_hour, per_day) + 1, however long the hammering went on
+
+
+async def _stored_events(limiter: RateLimiter) -> int:
+    if isinstance(limiter, MemoryRateLimiter):
+        return len(limiter._events["u@example.org"])
+    assert isinstance(limiter, RedisRateLimiter)
+    return int(await limiter._client.zcard(RedisRateLimiter.key("u@example.org")))
+
+
 def test_memory_store_forgets_idle_senders() -> None:
     clock = Clock()
     limiter = MemoryRateLimiter(clock)
 
     async def scenario() -> None:
-        quota = Quota(per_hour=0, per_day=10**9)
+        quota = Quota(per_hour=0, per_day=50)
         for i in range(5000):
             await limiter.check(f"s{i}@example.org", quota, 1)
         clock.now += DAY + 1
