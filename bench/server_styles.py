@@ -13,31 +13,16 @@ import asyncio
 import multiprocessing
 import os
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import uvloop
 
-REQUEST = b"26:mailbox user@example.org,"
-REPLY = b"4:OK 1,"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from load import netstring, run
+from standins import REPLY, ConstantReply, serve
 
-
-class ConstantProtocol(asyncio.Protocol):
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        count = self.buffer.count(b",")  # the request payload has no comma
-        if count:
-            self.buffer = self.buffer[self.buffer.rindex(b",") + 1 :]
-            self.transport.write(REPLY * count)  # type: ignore[attr-defined]
-
-
-async def serve_protocol(port: int, ready: multiprocessing.Event) -> None:
-    server = await asyncio.get_running_loop().create_server(ConstantProtocol, "127.0.0.1", port)
-    ready.set()
-    await server.serve_forever()
+REQUEST = netstring(b"mailbox user@example.org")
 
 
 async def serve_streams(port: int, ready: multiprocessing.Event) -> None:
@@ -56,40 +41,11 @@ async def serve_streams(port: int, ready: multiprocessing.Event) -> None:
 
 
 def run_server(style: str, port: int, ready: multiprocessing.Event) -> None:
-    os.sched_setaffinity(0, {0})
-    uvloop.run((serve_protocol if style == "protocol" else serve_streams)(port, ready))
-
-
-class LoadConnection(asyncio.Protocol):
-    def __init__(self, stats: list[int]) -> None:
-        self.stats = stats
-        self.pending = b""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        transport.write(REQUEST)  # type: ignore[attr-defined]
-
-    def data_received(self, data: bytes) -> None:
-        self.pending += data
-        if self.pending.endswith(REPLY):
-            self.pending = b""
-            self.stats[0] += 1
-            self.transport.write(REQUEST)  # type: ignore[attr-defined]
-
-
-async def load(port: int, connections: int, seconds: float) -> float:
-    loop = asyncio.get_running_loop()
-    stats = [0]
-    transports = [
-        (await loop.create_connection(lambda: LoadConnection(stats), "127.0.0.1", port))[0] for _ in range(connections)
-    ]
-    await asyncio.sleep(0.5)  # warm-up
-    start_count, started = stats[0], time.perf_counter()
-    await asyncio.sleep(seconds)
-    rate = (stats[0] - start_count) / (time.perf_counter() - started)
-    for transport in transports:
-        transport.close()
-    return rate
+    if style == "protocol":
+        serve(ConstantReply, f"127.0.0.1:{port}", 0, ready)
+    else:
+        os.sched_setaffinity(0, {0})
+        uvloop.run(serve_streams(port, ready))
 
 
 def measure(style: str, port: int, connections: int, seconds: float) -> float:
@@ -99,7 +55,7 @@ def measure(style: str, port: int, connections: int, seconds: float) -> float:
     ready.wait(10)
     os.sched_setaffinity(0, {1})
     try:
-        return uvloop.run(load(port, connections, seconds))
+        return uvloop.run(run(f"127.0.0.1:{port}", [REQUEST], connections, seconds)).rate
     finally:
         server.kill()
         server.join()
@@ -113,11 +69,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=18_001)
     args = parser.parse_args()
     results: dict[str, list[float]] = {"protocol": [], "streams": []}
-    for run in range(args.runs):  # interleaved, so drift on the machine hits both alike
+    for run_number in range(args.runs):  # interleaved, so drift on the machine hits both alike
         for style in results:
-            results[style].append(
-                measure(style, args.port + run * 2 + (style == "streams"), args.connections, args.seconds)
-            )
+            port = args.port + run_number * 2 + (style == "streams")
+            results[style].append(measure(style, port, args.connections, args.seconds))
     medians = {style: statistics.median(rates) for style, rates in results.items()}
     for style, rates in results.items():
         print(f"{style:9s} median {medians[style]:9.0f} lookups/s   runs: {', '.join(f'{r:.0f}' for r in rates)}")
