@@ -31,6 +31,8 @@ class LookupSource(Protocol):
 
     async def lookup(self, map_name: str, key: str) -> Outcome: ...
 
+    def lookup_now(self, map_name: str, key: str) -> Outcome | None: ...  # without I/O, or None
+
 
 class Lookups:
     """Answers one socketmap request, whatever userli does, with exactly one reply."""
@@ -40,28 +42,53 @@ class Lookups:
         self._metrics = metrics
         self._delimiters = delimiters
 
+    def answer_now(self, payload: bytes) -> bytes | None:
+        """The reply when it needs no userli call (a cached answer, a local rule), else None."""
+        started = time.perf_counter()
+        request = socketmap.parse_request(payload)
+        if request.name not in MAP_NAMES or request.key is None:
+            return self._rejected(request, started)
+        outcome: Outcome = NOT_FOUND
+        for key in self._keys(request.name, request.key):
+            known = self._userli.lookup_now(request.name, key)
+            if known is None:
+                return None  # the async path does the whole request again, with I/O
+            outcome = known
+            if not isinstance(outcome, NotFound):
+                break
+        return self._finish(request.name, outcome, started)
+
     async def answer(self, payload: bytes) -> bytes:
         started = time.perf_counter()
         request = socketmap.parse_request(payload)
-        if request.name not in MAP_NAMES:
-            reply, handler, status = socketmap.perm("unknown map name"), "unknown", "error"
-        elif request.key is None:
-            reply, handler, status = socketmap.perm("request without a key"), request.name, "error"
-        else:
-            handler = request.name
-            outcome = await self.resolve(request.name, request.key)
-            reply, status = self._reply(handler, outcome)
-        self._metrics.observe_request(handler, status, time.perf_counter() - started)
-        return reply
+        if request.name not in MAP_NAMES or request.key is None:
+            return self._rejected(request, started)
+        return self._finish(request.name, await self.resolve(request.name, request.key), started)
 
     async def resolve(self, map_name: str, raw_key: str) -> Outcome:
         """The userli answer for a raw key, with Postfix's extension fallback."""
         outcome: Outcome = NOT_FOUND
-        for key in lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain"):
+        for key in self._keys(map_name, raw_key):
             outcome = await self._userli.lookup(map_name, key)
             if not isinstance(outcome, NotFound):
                 break
         return outcome
+
+    def _keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
+        return lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain")
+
+    def _rejected(self, request: socketmap.Request, started: float) -> bytes:
+        if request.name not in MAP_NAMES:
+            reply, handler = socketmap.perm("unknown map name"), "unknown"
+        else:
+            reply, handler = socketmap.perm("request without a key"), request.name
+        self._metrics.observe_request(handler, "error", time.perf_counter() - started)
+        return reply
+
+    def _finish(self, handler: str, outcome: Outcome, started: float) -> bytes:
+        reply, status = self._reply(handler, outcome)
+        self._metrics.observe_request(handler, status, time.perf_counter() - started)
+        return reply
 
     @staticmethod
     def _reply(handler: str, outcome: Outcome) -> tuple[bytes, str]:
@@ -92,6 +119,12 @@ class SocketmapSession:
 
     def receive(self, data: bytes) -> list[bytes]:
         return self._decoder.feed(data)  # NetstringError: the server core closes the connection
+
+    def answer_now(self, request: bytes) -> bytes | None:
+        try:
+            return self._lookups.answer_now(request)
+        except Exception:
+            return None  # let the async path answer it, and log whatever goes wrong there
 
     async def respond(self, request: bytes) -> bytes:
         try:

@@ -150,5 +150,8 @@ class PolicySession:
             log.exception("policy check failed unexpectedly; letting the message through")
             return DUNNO_REPLY
 
+    def answer_now(self, request: object) -> None:
+        return None  # every answer here may need userli or a store: always the ordered worker
+
     def busy(self, request: dict[str, str]) -> bytes:
         return DUNNO_REPLY  # fail-open: a full pool must not stop mail

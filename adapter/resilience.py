@@ -81,6 +81,14 @@ class ResilientUserli:
             return False
         return len(self._memory) > 0 or (self._redis is not None and await self._redis.ping())
 
+    def lookup_now(self, map_name: str, key: str) -> Outcome | None:
+        """A fresh answer from the in-process tier, or None: the fast path of cache hits."""
+        entry = self._memory.get(f"{map_name}:{key}", self._clock())
+        if entry is None or self._clock() >= entry.fresh_until:
+            return None
+        self._metrics.observe_cache(map_name, "hit")
+        return entry.answer
+
     async def lookup(self, map_name: str, key: str) -> Outcome:
         cache_key = f"{map_name}:{key}"
         now = self._clock()

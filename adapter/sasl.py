@@ -108,5 +108,8 @@ class SaslSession:
             log.exception("authentication failed unexpectedly")
             return None  # Postfix answers 454; never an OK
 
+    def answer_now(self, request: object) -> None:
+        return None  # every answer here may need userli or a store: always the ordered worker
+
     def busy(self, event: Event) -> bytes:
         return b""

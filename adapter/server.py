@@ -44,6 +44,8 @@ class Session(Protocol):
 
     async def respond(self, request: Any) -> bytes | None: ...  # None: answer by closing the connection
 
+    def answer_now(self, request: Any) -> bytes | None: ...  # a reply needing no I/O (cache hit), or None
+
     def busy(self, request: Any) -> bytes: ...  # the answer when the pool is full
 
 
@@ -225,6 +227,19 @@ class _Connection(asyncio.Protocol):
             transport.write(self._session.busy(requests[0]))
             transport.close()
             return
+        if self._worker is None and self._drain_waiter is None:
+            # Fast path: answer at once what needs no I/O, without a task per request. Stops at
+            # the first request that must wait, so replies keep the order of the requests.
+            answered = 0
+            for request in requests:
+                reply = self._session.answer_now(request)
+                if reply is None:
+                    break
+                transport.write(reply)
+                answered += 1
+            if answered == len(requests):
+                return
+            requests = requests[answered:]
         self._queue.extend(requests)
         if len(self._queue) >= self._limits.max_queued and not self._reading_paused:
             self._reading_paused = True

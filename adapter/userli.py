@@ -122,6 +122,9 @@ class UserliClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def lookup_now(self, map_name: str, key: str) -> Outcome | None:
+        return None  # the client itself never knows an answer without asking userli
+
     async def lookup(self, map_name: str, key: str, timeout: float | None = None) -> Outcome:
         """``GET /api/postfix/{map_name}/{key}``; ``key`` must already be canonical."""
         response = await self._get(map_name, key, timeout)

@@ -177,3 +177,43 @@ def test_request_metrics(httpx_mock: HTTPXMock) -> None:
     httpx_mock.add_response(json=True)
     _, metrics = answer(b"domain example.org")
     assert b'requests_total{handler="domain",status="success"} 1.0' in metrics.exposition()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reply"),
+    [
+        (b"nosuchmap a@example.org", netstring(b"PERM unknown map name")),
+        (b"alias", netstring(b"PERM request without a key")),
+        (b"alias a/b@example.org", netstring(b"NOTFOUND ")),  # can never exist: no userli call needed
+    ],
+)
+def test_answer_now_for_what_needs_no_userli(payload: bytes, reply: bytes) -> None:
+    metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
+
+    async def run() -> bytes | None:
+        client = UserliClient.from_config(config_for(BASE), metrics)
+        try:
+            return Lookups(client, metrics).answer_now(payload)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == reply
+
+
+def test_answer_now_defers_what_needs_userli() -> None:
+    metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
+
+    async def run() -> bytes | None:
+        client = UserliClient.from_config(config_for(BASE), metrics)
+        try:
+            return Lookups(client, metrics).answer_now(b"alias a@example.org")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) is None
+    assert (
+        metrics.registry.get_sample_value(
+            "userli_postfix_adapter_requests_total", {"handler": "alias", "status": "success"}
+        )
+        is None
+    )

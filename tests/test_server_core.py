@@ -72,6 +72,9 @@ class LineSession:
     def busy(self, line: bytes) -> bytes:
         return b"BUSY\n"
 
+    def answer_now(self, line: bytes) -> bytes | None:
+        return line.upper() + b"\n" if line.startswith(b"now") else None
+
 
 class Core:
     def __init__(self, limits: Limits, address: ListenAddress = TCP, greeting: bytes = b"", mode: int = 0o666) -> None:
@@ -343,3 +346,17 @@ def test_regular_file_is_never_removed(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="not a socket"):
         Core(Limits(max_connections=2, idle_timeout=5), address=ListenAddress(path=str(path)))
     assert path.read_text() == "precious"
+
+
+def test_fast_answers_keep_the_order_of_requests(core: Core) -> None:
+    client = core.connect()
+    client.sock.sendall(b"now1\nwait\nnow2\n")  # now2 could be answered at once, but must wait its turn
+    assert client.readline() == b"NOW1"
+    assert core.started.wait(5)
+    client.sock.settimeout(0.3)
+    with pytest.raises(TimeoutError):
+        client.readline()  # nothing overtakes the waiting request
+    client.sock.settimeout(5)
+    core.open_gate()
+    assert [client.readline(), client.readline()] == [b"WAIT", b"NOW2"]
+    assert client.ask(b"now3") == b"NOW3"
