@@ -23,6 +23,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from adapter import __version__
+from adapter.server import ListenerHooks
 
 __all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
 
@@ -55,29 +56,21 @@ class Metrics:
             "socketmap requests",
             {"handler": (*handlers, "unknown"), "status": LOOKUP_STATUSES},
         )
-        self.active_connections = Gauge(
-            f"{PREFIX}_active_connections", "Number of currently active socketmap connections", registry=registry
-        )
         self.connection_pool_usage = Gauge(
             f"{PREFIX}_connection_pool_usage", "Socketmap connections in use out of MAX_CONNECTIONS", registry=registry
-        )
-        self.connection_pool_full = Counter(
-            f"{PREFIX}_connection_pool_full_total",
-            "Socketmap connections answered 'TEMP server busy' because MAX_CONNECTIONS was reached",
-            registry=registry,
         )
         protocol_errors = Counter(
             f"{PREFIX}_protocol_errors_total", "Connections closed for broken framing", ["listener"], registry=registry
         )
-        self.protocol_errors = {name: protocol_errors.labels(name) for name in LISTENERS}
-        self.policy_active_connections = Gauge(
-            f"{PREFIX}_policy_active_connections", "Number of currently active policy connections", registry=registry
-        )
-        self.policy_pool_full = Counter(
-            f"{PREFIX}_policy_connection_pool_full_total",
-            "Policy connections answered DUNNO at once because MAX_CONNECTIONS was reached",
-            registry=registry,
-        )
+        self._hooks = {
+            listener: _listener_hooks(
+                registry,
+                listener,
+                protocol_errors.labels(listener),
+                usage=self.connection_pool_usage if listener == "socketmap" else None,
+            )
+            for listener in LISTENERS
+        }
         self._policy = _CountedDurations(
             registry,
             ("policy_requests_total", "policy_request_duration_seconds"),
@@ -98,14 +91,6 @@ class Metrics:
             registry=registry,
         )
         self.ratelimit_errors = ratelimit_errors.labels("check")
-        self.sasl_active_connections = Gauge(
-            f"{PREFIX}_sasl_active_connections", "Number of currently active SASL connections", registry=registry
-        )
-        self.sasl_pool_full = Counter(
-            f"{PREFIX}_sasl_connection_pool_full_total",
-            "SASL connections closed at once because MAX_CONNECTIONS was reached",
-            registry=registry,
-        )
         self._sasl = _CountedDurations(
             registry,
             ("sasl_auth_total", "sasl_auth_duration_seconds"),
@@ -185,12 +170,37 @@ class Metrics:
     def observe_coalesced(self, handler: str) -> None:
         self._coalesced[handler].inc()
 
-    def set_connections(self, count: int) -> None:
-        self.active_connections.set(count)
-        self.connection_pool_usage.set(count)
+    def listener_hooks(self, listener: str) -> ListenerHooks:
+        """What the listener core reports, wired to this listener's metrics."""
+        return self._hooks[listener]
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+# The Go adapter's names: the socketmap listener's metrics have no prefix.
+_LISTENER_PREFIX = {"socketmap": "", "policy": "policy_", "sasl": "sasl_"}
+
+
+def _listener_hooks(
+    registry: CollectorRegistry, listener: str, framing_errors: Counter, usage: Gauge | None = None
+) -> ListenerHooks:
+    prefix = f"{PREFIX}_{_LISTENER_PREFIX[listener]}"
+    active = Gauge(
+        f"{prefix}active_connections", f"Number of currently active {listener} connections", registry=registry
+    )
+    pool_full = Counter(
+        f"{prefix}connection_pool_full_total",
+        f"{listener} connections over MAX_CONNECTIONS (answered busy, or closed at once)",
+        registry=registry,
+    )
+
+    def connections_changed(count: int) -> None:
+        active.set(count)
+        if usage is not None:
+            usage.set(count)
+
+    return ListenerHooks(connections_changed, pool_full.inc, framing_errors.inc)
 
 
 class _CountedDurations:

@@ -16,7 +16,7 @@ from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from adapter.redis_client import connect as connect_redis
 from adapter.resilience import ResilientUserli
 from adapter.sasl import Authenticator, SaslSession
-from adapter.server import Limits, Listener, ListenerHooks
+from adapter.server import Limits, Listener
 from adapter.userli import ENDPOINTS, Failure, UserliClient
 
 __all__ = ["Service"]
@@ -40,11 +40,7 @@ class Service:
             config.socketmap_address,
             lambda: SocketmapSession(lookups),
             Limits(max_connections=config.max_connections, idle_timeout=config.idle_timeout),
-            ListenerHooks(
-                connections_changed=self.metrics.set_connections,
-                pool_full=self.metrics.connection_pool_full.inc,
-                framing_error=self.metrics.protocol_errors["socketmap"].inc,
-            ),
+            self.metrics.listener_hooks("socketmap"),
             socket_mode=config.socketmap_socket_mode,
         )
         self.policy = self._policy_listener(config) if config.policy_address is not None else None
@@ -98,11 +94,7 @@ class Service:
             config.policy_address,
             lambda: PolicySession(decider),
             Limits(max_connections=config.max_connections, idle_timeout=config.policy_idle_timeout),
-            ListenerHooks(
-                connections_changed=self.metrics.policy_active_connections.set,
-                pool_full=self.metrics.policy_pool_full.inc,
-                framing_error=self.metrics.protocol_errors["policy"].inc,
-            ),
+            self.metrics.listener_hooks("policy"),
             socket_mode=config.policy_socket_mode,
         )
 
@@ -115,11 +107,7 @@ class Service:
             lambda: SaslSession(authenticator),
             # Postfix keeps one auth connection per smtpd process for the process's lifetime.
             Limits(max_connections=config.max_connections, idle_timeout=SASL_IDLE_TIMEOUT),
-            ListenerHooks(
-                connections_changed=self.metrics.sasl_active_connections.set,
-                pool_full=self.metrics.sasl_pool_full.inc,
-                framing_error=self.metrics.protocol_errors["sasl"].inc,
-            ),
+            self.metrics.listener_hooks("sasl"),
             socket_mode=config.sasl_socket_mode,
             socket_owner=config.sasl_socket_owner,
             socket_group=config.sasl_socket_group,

@@ -17,6 +17,8 @@ import base64
 import binascii
 from dataclasses import dataclass
 
+from adapter.protocols.lines import LineReader
+
 __all__ = [
     "MAX_LINE",
     "MECHANISMS",
@@ -114,31 +116,19 @@ class AuthServerConnection:
     """One client connection's protocol state."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer known to hold no newline
+        self._lines = LineReader(MAX_LINE, AuthProtocolError)
         self._conversations: dict[str, _Conversation] = {}
 
     @property
     def pending(self) -> bool:
-        return bool(self._buffer)
+        return self._lines.pending
 
     def receive(self, data: bytes) -> list[Event]:
-        buffer = self._buffer
-        buffer += data
         events: list[Event] = []
-        start = 0  # consumed once at the end: work stays linear in the bytes received
-        while (newline := buffer.find(b"\n", max(start, self._scanned))) >= 0:
-            line = bytes(buffer[start:newline]).removesuffix(b"\r")
-            start = newline + 1
-            if len(line) > MAX_LINE:
-                raise AuthProtocolError(f"line longer than {MAX_LINE} bytes")
+        for line in self._lines.feed(data):
             event = self._line([unescape(f) for f in line.decode("utf-8", "replace").split("\t")])
             if event is not None:
                 events.append(event)
-        del buffer[:start]
-        self._scanned = len(buffer)
-        if len(buffer) > MAX_LINE:
-            raise AuthProtocolError(f"line longer than {MAX_LINE} bytes")
         return events
 
     def _line(self, fields: list[str]) -> Event | None:

@@ -8,6 +8,8 @@ attributes, or a line without ``=`` is broken framing and the connection is clos
 
 from __future__ import annotations
 
+from adapter.protocols.lines import LineReader
+
 __all__ = ["MAX_ATTRIBUTES", "MAX_LINE", "PolicyDecoder", "PolicyError", "reply"]
 
 MAX_LINE = 16 * 1024
@@ -24,32 +26,18 @@ def reply(action: str) -> bytes:
 
 class PolicyDecoder:
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0  # bytes of the buffer known to hold no newline
+        self._lines = LineReader(MAX_LINE, PolicyError)
         self._attributes: dict[str, str] = {}
 
     @property
     def pending(self) -> bool:
         """True while part of a request is buffered."""
-        return bool(self._buffer) or bool(self._attributes)
+        return self._lines.pending or bool(self._attributes)
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
         """Add received bytes; return the requests completed by them, in order."""
-        buffer = self._buffer
-        buffer += data
         requests: list[dict[str, str]] = []
-        start = 0
-        while True:
-            newline = buffer.find(b"\n", max(start, self._scanned))
-            if newline < 0:
-                self._scanned = len(buffer)
-                if len(buffer) - start > MAX_LINE:
-                    raise PolicyError(f"line longer than {MAX_LINE} bytes")
-                break
-            line = bytes(buffer[start:newline]).removesuffix(b"\r")
-            start = newline + 1
-            if len(line) > MAX_LINE:
-                raise PolicyError(f"line longer than {MAX_LINE} bytes")
+        for line in self._lines.feed(data):
             if not line:
                 requests.append(self._attributes)
                 self._attributes = {}
@@ -60,7 +48,4 @@ class PolicyDecoder:
             if len(self._attributes) >= MAX_ATTRIBUTES:
                 raise PolicyError(f"more than {MAX_ATTRIBUTES} attributes")
             self._attributes[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        if start:
-            del buffer[:start]
-            self._scanned = max(0, self._scanned - start)
         return requests
