@@ -43,7 +43,11 @@ LIST_MAPS = ("alias", "senders")  # 200 body: JSON list of addresses
 BOOL_MAPS = ("domain", "mailbox")  # 200 body: JSON true / false
 MAPS = (*LIST_MAPS, *BOOL_MAPS)  # the socketmap names
 ENDPOINTS = (*MAPS, "smtp_quota", "auth")  # every endpoint label of the HTTP metrics
-READY_PROBE_DOMAIN = "health-check.invalid"  # a cheap lookup that userli can answer from its cache
+READY_PROBE_DOMAIN = "health-check.invalid"
+# userli requests in flight at once; the rest wait their turn in arrival order. httpcore's pool
+# slows down with many queued requests (it re-scans its connections for each), and a PHP userli
+# gains nothing from hundreds of parallel requests either.
+MAX_IN_FLIGHT = 32  # a cheap lookup that userli can answer from its cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +99,13 @@ class UserliClient:
         self._http = http
         self._metrics = metrics
         self._timeout = timeout
+        self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> UserliClient:
-        # One connection per socketmap connection at most: a listener connection never waits for
-        # a pool slot (each connection has at most one userli call in flight).
         limits = httpx.Limits(
-            max_connections=config.max_connections + 1,  # + the readiness probe
-            max_keepalive_connections=config.max_connections + 1,
+            max_connections=MAX_IN_FLIGHT,
+            max_keepalive_connections=MAX_IN_FLIGHT,
             keepalive_expiry=30.0,
         )
         http = httpx.AsyncClient(
@@ -185,7 +188,7 @@ class UserliClient:
         started = time.perf_counter()
         status: int | None = None
         try:
-            async with asyncio.timeout(timeout or self._timeout):
+            async with asyncio.timeout(timeout or self._timeout), self._in_flight:
                 if body is None:
                     response = await self._http.get(path)
                 else:

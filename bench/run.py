@@ -129,11 +129,16 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement; the median is reported")
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per run")
     parser.add_argument("--smoke", action="store_true", help="a few seconds: does it run and answer?")
+    parser.add_argument("--modes", default="hot,cold", help="hot (cache hits), cold (userli calls), or both")
+    parser.add_argument("--transports", default="tcp,unix", help="tcp, unix, or both")
+    parser.add_argument("--concurrency", default="1,10,50,200", help="connection counts")
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.seconds = 1, 0.3
-    concurrency = [1, 10] if args.smoke else [1, 10, 50, 200]
-    transports = ["tcp"] if args.smoke else ["tcp", "unix"]
+    concurrency = [1, 10] if args.smoke else [int(c) for c in args.concurrency.split(",")]
+    transports = ["tcp"] if args.smoke else args.transports.split(",")
+    modes = args.modes.split(",")
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="adapter-bench-"))
     userli = f"127.0.0.1:{free_port()}"
@@ -160,6 +165,8 @@ def main() -> int:
                 ("hot", {}, hot_keys),
                 ("cold", {"LOOKUP_CACHE_TTL": "0", "LOOKUP_STALE_TTL": "0"}, cold_keys),
             ):
+                if mode not in modes:
+                    continue
                 adapter = Adapter(f"http://{userli}", address(f"adapter-{mode}"), **env)
                 try:
                     uvloop.run(run(adapter.address, requests(keys[:1000]), 10, 0.5, warmup=0.2))  # warm up
@@ -170,7 +177,7 @@ def main() -> int:
                         failures += bad + (0 if results[0].latencies else 1)
                 finally:
                     adapter.stop()
-        if not args.smoke:
+        if not (args.smoke or args.no_memory):
             print("\nMEMORY")
             adapter = Adapter(f"http://{userli}", f"127.0.0.1:{free_port()}")
             try:
