@@ -1,0 +1,90 @@
+"""httpx's default transport vs the httpx-aiohttp transport, same client API, against the bench's
+userli stand-in: requests/s at 1, 10, 32 and 200 requests in flight (median of 3 interleaved runs).
+
+    pip install httpx-aiohttp   # not a dependency of the adapter (yet)
+    python bench/transports.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from standins import UserliStandIn, dataset, serve, user_address
+
+USERS = 20_000
+ANSWERS: dict[bytes, bytes] = {}
+
+
+def standin_factory() -> UserliStandIn:
+    return UserliStandIn(ANSWERS)
+
+
+def run_standin(address: str, ready: object) -> None:
+    ANSWERS.update(dataset(USERS))
+    serve(standin_factory, address, 1, ready)
+
+
+async def rate(make_client: Callable[[], httpx.AsyncClient], in_flight: int, seconds: float = 2.0) -> float:
+    client = make_client()
+    keys = [user_address(i) for i in range(USERS)]
+    done, running = 0, True
+
+    async def worker(offset: int) -> None:
+        nonlocal done
+        index = offset
+        while running:
+            response = await client.get(f"/api/postfix/mailbox/{keys[index % USERS]}")
+            assert response.status_code == 200
+            index += in_flight
+            done += 1
+
+    tasks = [asyncio.create_task(worker(i)) for i in range(in_flight)]
+    await asyncio.sleep(0.3)
+    before, started = done, time.perf_counter()
+    await asyncio.sleep(seconds)
+    result = (done - before) / (time.perf_counter() - started)
+    running = False
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await client.aclose()
+    return result
+
+
+def main() -> None:
+    import httpx_aiohttp
+
+    ready = multiprocessing.Event()
+    address = "127.0.0.1:18777"
+    standin = multiprocessing.Process(target=run_standin, args=(address, ready), daemon=True)
+    standin.start()
+    ready.wait(30)
+    os.sched_setaffinity(0, {0})
+    base, limits = f"http://{address}", httpx.Limits(max_connections=32, max_keepalive_connections=32)
+    clients: dict[str, Callable[[], httpx.AsyncClient]] = {
+        "httpx default": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
+        "httpx-aiohttp": lambda: httpx_aiohttp.HttpxAiohttpClient(base_url=base, limits=limits, trust_env=False),
+    }
+    try:
+        for in_flight in (1, 10, 32, 200):
+            rates: dict[str, list[float]] = {name: [] for name in clients}
+            for _ in range(3):  # interleaved
+                for name, make in clients.items():
+                    rates[name].append(uvloop.run(rate(make, in_flight)))
+            cells = "  ".join(f"{name}: {statistics.median(r):6.0f}/s" for name, r in rates.items())
+            print(f"in flight {in_flight:3d}: {cells}", flush=True)
+    finally:
+        standin.kill()
+
+
+if __name__ == "__main__":
+    main()
