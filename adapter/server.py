@@ -229,10 +229,11 @@ class _Connection(asyncio.Protocol):
             return
         if self._worker is None and self._drain_waiter is None:
             # Fast path: answer at once what needs no I/O, without a task per request. Stops at
-            # the first request that must wait, so replies keep the order of the requests.
+            # the first request that must wait, so replies keep the order of the requests, and
+            # when the client stops keeping up (pause_writing): the worker then waits for a drain.
             answered = 0
             for request in requests:
-                reply = self._session.answer_now(request)
+                reply = self._session.answer_now(request) if self._drain_waiter is None else None
                 if reply is None:
                     break
                 transport.write(reply)

@@ -49,6 +49,7 @@ class LineSession:
         self.greeting = greeting
         self._gate, self._started = gate, started
         self._buffer = b""
+        self.big_answers_now = 0
 
     @property
     def pending(self) -> bool:
@@ -73,6 +74,9 @@ class LineSession:
         return b"BUSY\n"
 
     def answer_now(self, line: bytes) -> bytes | None:
+        if line == b"nowbig":
+            self.big_answers_now += 1
+            return b"y" * 1_000_000 + b"\n"
         return line.upper() + b"\n" if line.startswith(b"now") else None
 
 
@@ -82,10 +86,16 @@ class Core:
         self.counters = Counters()
         self.started = threading.Event()
         self.gate: asyncio.Event = self.thread.call(self._event())
+        self.sessions: list[LineSession] = []
+
+        def session() -> LineSession:
+            self.sessions.append(LineSession(self.gate, self.started, greeting))
+            return self.sessions[-1]
+
         self.listener = Listener(
             "test",
             address,
-            lambda: LineSession(self.gate, self.started, greeting),
+            session,
             limits,
             self.counters.hooks(),
             socket_mode=mode,
@@ -360,3 +370,17 @@ def test_fast_answers_keep_the_order_of_requests(core: Core) -> None:
     core.open_gate()
     assert [client.readline(), client.readline()] == [b"WAIT", b"NOW2"]
     assert client.ask(b"now3") == b"NOW3"
+
+
+@pytest.mark.parametrize("core", [{"stall": 0.5}], indirect=True)
+def test_fast_answers_respect_back_pressure(core: Core) -> None:
+    reader = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    reader.connect(("127.0.0.1", core.listener.bound.port))
+    reader.sendall(b"nowbig\n" * 200)  # 200 MB of replies if written regardless, never read
+    wait_until(lambda: bool(core.sessions) and core.sessions[-1].big_answers_now > 0)
+    wait_until(lambda: core.listener.connection_count == 0, timeout=10)  # dropped by the stall rule
+    # Only what the kernel's socket buffers took (a few MB) plus one reply in the transport's
+    # buffer was written; the rest waited for a drain that never came. Without the check: all 200.
+    assert core.sessions[-1].big_answers_now <= 8
+    reader.close()
