@@ -21,7 +21,7 @@ from collections.abc import Callable
 import redis.asyncio as redis
 
 from adapter.breaker import BreakerState, CircuitBreaker
-from adapter.cache import Answer, Freshness, MemoryCache, RedisCache
+from adapter.cache import Answer, Entry, Freshness, MemoryCache, RedisCache
 from adapter.config import Config
 from adapter.metrics import Metrics
 from adapter.userli import Failure, Outcome, UserliClient
@@ -83,20 +83,13 @@ class ResilientUserli:
 
     def lookup_now(self, map_name: str, key: str) -> Outcome | None:
         """A fresh answer from the in-process tier, or None: the fast path of cache hits."""
-        entry = self._memory.get(f"{map_name}:{key}", self._clock())
-        if entry is None or self._clock() >= entry.fresh_until:
-            return None
-        self._metrics.observe_cache(map_name, "hit")
-        return entry.answer
+        return self._from_memory(map_name, f"{map_name}:{key}", self._clock())[0]
 
     async def lookup(self, map_name: str, key: str) -> Outcome:
         cache_key = f"{map_name}:{key}"
-        now = self._clock()
-        entry = self._memory.get(cache_key, now)
-        if entry is not None and now < entry.fresh_until:
-            self._metrics.observe_cache(map_name, "hit")
-            return entry.answer
-        stale = entry if entry is not None and now < entry.stale_until else None
+        fresh, stale = self._from_memory(map_name, cache_key, self._clock())
+        if fresh is not None:
+            return fresh
         if self._redis is not None:
             shared = await self._redis.get(map_name, key)
             if shared is not None:
@@ -115,6 +108,16 @@ class ResilientUserli:
             self._note_stale(outcome)
             return stale.answer
         return outcome
+
+    def _from_memory(self, map_name: str, cache_key: str, now: float) -> tuple[Answer | None, Entry[Answer] | None]:
+        """(a fresh answer, counted as a hit) or (None, an entry still usable as a stale fallback)."""
+        entry = self._memory.get(cache_key, now)
+        if entry is None:
+            return None, None
+        if now < entry.fresh_until:
+            self._metrics.observe_cache(map_name, "hit")
+            return entry.answer, None
+        return None, entry if now < entry.stale_until else None
 
     async def _shared_call(self, cache_key: str, map_name: str, key: str) -> Outcome:
         task = self._in_flight.get(cache_key)

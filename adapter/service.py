@@ -114,7 +114,7 @@ class Service:
         )
 
     def _listeners(self) -> list[Listener]:
-        return [listener for listener in (self.socketmap, self.policy, self.sasl) if listener is not None]
+        return [server for _, server in self._servers() if isinstance(server, Listener)]
 
     def _servers(self) -> list[tuple[str, Listener | HttpServer]]:
         """Everything that listens, with the variable that configures it (for start-up errors)."""
