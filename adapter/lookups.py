@@ -34,60 +34,92 @@ class LookupSource(Protocol):
     def lookup_now(self, map_name: str, key: str) -> Outcome | None: ...  # without I/O, or None
 
 
+class _Plan:
+    """What one request payload means, worked out once: the handler label, the canonical keys to
+    ask (in order) or a fixed reply for a request we cannot serve, and the last reply built for
+    an answer, reused while the cache hands out the same answer object."""
+
+    __slots__ = ("answered", "handler", "keys", "rejection", "reply")
+
+    def __init__(self, handler: str, keys: tuple[str, ...], rejection: bytes | None = None) -> None:
+        self.handler, self.keys, self.rejection = handler, keys, rejection
+        self.answered: Outcome | None = None
+        self.reply: tuple[bytes, str] = (b"", "")
+
+
 class Lookups:
-    """Answers one socketmap request, whatever userli does, with exactly one reply."""
+    """Answers one socketmap request, whatever userli does, with exactly one reply.
+
+    A cache hit is the common case (Postfix asks the same few maps about the same addresses over
+    and over), so the pure part of a request, parsing and key canonicalisation, is remembered per
+    payload, and so is the encoded reply per cached answer: a hit then costs a few dictionary
+    lookups (bench/README: 11.4 -> 2.9 us of Python per request).
+    """
+
+    MAX_PLANS = 10_000  # remembered payloads; the memo is simply emptied when full
+    MAX_PLANNED_PAYLOAD = 256  # longer payloads (never a real address) are worked out every time
 
     def __init__(self, userli: LookupSource, metrics: Metrics, delimiters: str = "") -> None:
         self._userli = userli
         self._metrics = metrics
         self._delimiters = delimiters
+        self._plans: dict[bytes, _Plan] = {}
 
     def answer_now(self, payload: bytes) -> bytes | None:
         """The reply when it needs no userli call (a cached answer, a local rule), else None."""
         started = time.perf_counter()
-        request = socketmap.parse_request(payload)
-        if request.name not in MAP_NAMES or request.key is None:
-            return self._rejected(request, started)
+        plan = self._plans.get(payload) or self._plan(payload)
+        if plan.rejection is not None:
+            return self._rejected(plan, started)
         outcome: Outcome = NOT_FOUND
-        for key in self._keys(request.name, request.key):
-            known = self._userli.lookup_now(request.name, key)
+        for key in plan.keys:
+            known = self._userli.lookup_now(plan.handler, key)
             if known is None:
                 return None  # the async path does the whole request again, with I/O
             outcome = known
             if not isinstance(outcome, NotFound):
                 break
-        return self._finish(request.name, outcome, started)
+        return self._finish(plan, outcome, started)
 
     async def answer(self, payload: bytes) -> bytes:
         started = time.perf_counter()
-        request = socketmap.parse_request(payload)
-        if request.name not in MAP_NAMES or request.key is None:
-            return self._rejected(request, started)
-        return self._finish(request.name, await self.resolve(request.name, request.key), started)
-
-    async def resolve(self, map_name: str, raw_key: str) -> Outcome:
-        """The userli answer for a raw key, with Postfix's extension fallback."""
+        plan = self._plans.get(payload) or self._plan(payload)
+        if plan.rejection is not None:
+            return self._rejected(plan, started)
         outcome: Outcome = NOT_FOUND
-        for key in self._keys(map_name, raw_key):
-            outcome = await self._userli.lookup(map_name, key)
+        for key in plan.keys:
+            outcome = await self._userli.lookup(plan.handler, key)
             if not isinstance(outcome, NotFound):
                 break
-        return outcome
+        return self._finish(plan, outcome, started)
 
-    def _keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
-        return lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain")
-
-    def _rejected(self, request: socketmap.Request, started: float) -> bytes:
+    def _plan(self, payload: bytes) -> _Plan:
+        request = socketmap.parse_request(payload)
         if request.name not in MAP_NAMES:
-            reply, handler = socketmap.perm("unknown map name"), "unknown"
+            plan = _Plan("unknown", (), socketmap.perm("unknown map name"))
+        elif request.key is None:
+            plan = _Plan(request.name, (), socketmap.perm("request without a key"))
         else:
-            reply, handler = socketmap.perm("request without a key"), request.name
-        self._metrics.observe_request(handler, "error", time.perf_counter() - started)
-        return reply
+            domain_only = request.name == "domain"
+            plan = _Plan(request.name, lookup_keys(request.key, self._delimiters, domain_only=domain_only))
+        if len(payload) <= self.MAX_PLANNED_PAYLOAD:
+            if len(self._plans) >= self.MAX_PLANS:
+                self._plans.clear()
+            self._plans[payload] = plan
+        return plan
 
-    def _finish(self, handler: str, outcome: Outcome, started: float) -> bytes:
-        reply, status = self._reply(handler, outcome)
-        self._metrics.observe_request(handler, status, time.perf_counter() - started)
+    def _rejected(self, plan: _Plan, started: float) -> bytes:
+        self._metrics.observe_request(plan.handler, "error", time.perf_counter() - started)
+        return plan.rejection  # type: ignore[return-value]  # callers checked it is set
+
+    def _finish(self, plan: _Plan, outcome: Outcome, started: float) -> bytes:
+        if outcome is plan.answered:
+            reply, status = plan.reply
+        else:
+            reply, status = self._reply(plan.handler, outcome)
+            if not isinstance(outcome, Failure):  # answers are cached objects; failures are not
+                plan.answered, plan.reply = outcome, (reply, status)
+        self._metrics.observe_request(plan.handler, status, time.perf_counter() - started)
         return reply
 
     @staticmethod

@@ -44,6 +44,9 @@ def test_payload_may_contain_colons_commas_and_digits() -> None:
         b"x:abc,",  # non-digit length
         b"-1:a,",
         b" 1:a,",
+        b"+3:abc,",  # int() would take these: the prefix must be digits only
+        b"1_0:abcdefghij,",
+        b"3 :abc,",
         b":,",  # empty length
         b"3:abc;",  # wrong terminator
         b"3:abcd,",
@@ -66,6 +69,19 @@ def test_length_is_checked_before_the_body_arrives() -> None:
 
 def test_length_at_the_cap_is_accepted() -> None:
     assert NetstringDecoder(max_length=5).feed(b"5:abcde,") == [b"abcde"]
+
+
+def test_a_whole_netstring_over_the_cap_is_refused() -> None:
+    with pytest.raises(NetstringError, match="over limit"):
+        NetstringDecoder(max_length=5).feed(b"6:abcdef,")
+
+
+def test_one_whole_netstring_after_a_partial_one_keeps_the_order() -> None:
+    decoder = NetstringDecoder()
+    assert decoder.feed(b"3:ab") == []
+    assert decoder.feed(b"c,") == [b"abc"]
+    assert decoder.feed(b"2:de,") == [b"de"]
+    assert not decoder.pending
 
 
 def test_buffer_is_compacted() -> None:

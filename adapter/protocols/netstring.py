@@ -39,6 +39,14 @@ class NetstringDecoder:
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return the payloads completed by them, in order."""
         buffer = self._buffer
+        if not buffer and self._expected is None:
+            # The common case, one whole netstring per read (a Postfix client waits for each
+            # reply), taken without copying into the buffer; anything else goes the long way.
+            colon = data.find(b":", 0, self._max_digits + 1)
+            if colon > 0 and data[-1] == _COMMA and data[:colon].isdigit():
+                length = int(data[:colon])
+                if colon + length + 2 == len(data) and length <= self._max_length:
+                    return [data[colon + 1 : -1]]
         buffer += data
         payloads: list[bytes] = []
         start = 0
