@@ -60,7 +60,7 @@ class HttpServer:
             self._server = await asyncio.start_unix_server(self._serve, self.address.path)
         else:
             self._server = await asyncio.start_server(self._serve, self.address.host, self.address.port)
-        self._bound = bound_address(self._server, self.address)
+        self._bound = bound_address(self._server.sockets, self.address)
         log.info("listening", extra={"listener": "http", "addr": str(self._bound)})
 
     async def close(self) -> None:

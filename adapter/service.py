@@ -4,6 +4,7 @@ owns start-up, readiness and the graceful shutdown."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -82,6 +83,10 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await self.start()
+        # What exists now lives as long as the process (modules, configuration, the service):
+        # out of the collector's way, a full collection no longer walks it, which cut the
+        # userli-bound p99 at C=50 from 37 to 27 ms (bench/README).
+        gc.freeze()
         await stop.wait()
         await self.stop()
 

@@ -21,6 +21,7 @@ import httpx
 from adapter import __version__
 from adapter.config import Config
 from adapter.metrics import Metrics
+from adapter.transport import UserliTransport
 
 __all__ = [
     "BOOL_MAPS",
@@ -44,9 +45,9 @@ BOOL_MAPS = ("domain", "mailbox")  # 200 body: JSON true / false
 MAPS = (*LIST_MAPS, *BOOL_MAPS)  # the socketmap names
 ENDPOINTS = (*MAPS, "smtp_quota", "auth")  # every endpoint label of the HTTP metrics
 READY_PROBE_DOMAIN = "health-check.invalid"
-# userli requests in flight at once; the rest wait their turn in arrival order. httpcore's pool
-# slows down with many queued requests (it re-scans its connections for each), and a PHP userli
-# gains nothing from hundreds of parallel requests either.
+# userli requests in flight at once; the rest wait their turn in arrival order: a PHP userli
+# gains nothing from hundreds of parallel requests, and the adapter's CPU is better spent
+# answering what it can than juggling calls that wait.
 MAX_IN_FLIGHT = 32  # a cheap lookup that userli can answer from its cache
 
 
@@ -94,6 +95,11 @@ NOT_FOUND = NotFound()
 TRUE = Found(("1",))
 
 
+def transport() -> httpx.AsyncBaseTransport:
+    """The HTTP transport under the client (unit tests swap in httpx's own for pytest-httpx)."""
+    return UserliTransport(max_idle=MAX_IN_FLIGHT)
+
+
 class UserliClient:
     def __init__(self, http: httpx.AsyncClient, metrics: Metrics, timeout: float) -> None:
         self._http = http
@@ -103,11 +109,6 @@ class UserliClient:
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> UserliClient:
-        limits = httpx.Limits(
-            max_connections=MAX_IN_FLIGHT,
-            max_keepalive_connections=MAX_IN_FLIGHT,
-            keepalive_expiry=30.0,
-        )
         http = httpx.AsyncClient(
             base_url=config.userli_base_url,
             headers={
@@ -116,7 +117,7 @@ class UserliClient:
                 "User-Agent": f"userli-postfix-adapter/{__version__}",
             },
             timeout=httpx.Timeout(config.userli_timeout),
-            limits=limits,
+            transport=transport(),
             follow_redirects=False,
             trust_env=False,  # the userli URL is configured explicitly; no proxy from the environment
         )

@@ -73,8 +73,11 @@ async def run(address: str, requests: list[bytes], connections: int, seconds: fl
     state = {"running": True, "measuring": False}
     transports = []
     for i in range(connections):
-        # each connection walks the request list from its own offset
-        cycle = itertools.cycle(requests[i % len(requests) :] + requests[: i % len(requests)])
+        # Each connection walks the request list from its own offset, spread evenly: connections
+        # one key apart would ask for the same cold key at nearly the same moment, and the
+        # adapter's single flight would answer them with one userli call.
+        offset = i * len(requests) // connections
+        cycle = itertools.cycle(requests[offset:] + requests[:offset])
         factory = lambda c=cycle: _Client(c, result, state)  # noqa: E731
         if address.startswith("/"):
             transport, _ = await loop.create_unix_connection(factory, address)

@@ -6,8 +6,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from helpers import RedisServer, RunningService, UserliStub, config_for
+
+from adapter import userli as userli_module
+
+
+@pytest.fixture(autouse=True)
+def _mockable_userli_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-httpx intercepts httpx's own transport only: tests that mock userli with it run the
+    client on that one. Every other test (a real HTTP stub) runs the production transport."""
+    if "httpx_mock" in request.fixturenames:
+        monkeypatch.setattr(userli_module, "transport", httpx.AsyncHTTPTransport)
 
 
 @pytest.fixture

@@ -384,3 +384,24 @@ def test_fast_answers_respect_back_pressure(core: Core) -> None:
     # buffer was written; the rest waited for a drain that never came. Without the check: all 200.
     assert core.sessions[-1].big_answers_now <= 8
     reader.close()
+
+
+@pytest.mark.parametrize("core", [{"max_connections": 200}], indirect=True)
+def test_a_burst_of_connections_is_accepted_at_once_while_the_loop_is_busy(core: Core) -> None:
+    # libuv (uvloop's own servers) accepts one connection per loop iteration: when the loop is
+    # busy, a burst (every Postfix process reconnecting after a restart) would trickle in.
+    connected = threading.Event()
+
+    async def busy_then_count() -> int:
+        connected.wait(10)  # the loop is blocked while the clients connect
+        for _ in range(10):
+            await asyncio.sleep(0)  # ten loop iterations
+        return core.listener.connection_count
+
+    counting = core.thread.submit(busy_then_count())
+    clients = [core.connect() for _ in range(100)]  # the kernel completes each handshake
+    connected.set()
+    assert counting.result(10) == 100
+    assert all(client.ask(b"now") == b"NOW" for client in clients)
+    for client in clients:
+        client.sock.close()

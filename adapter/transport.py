@@ -1,0 +1,301 @@
+"""An httpx transport for the userli API: HTTP/1.1 keep-alive connections that cost nothing to keep.
+
+httpx's default transport (httpcore) re-checks its whole pool before every request and after
+every response, polling the socket of each idle connection, so the CPU a lookup costs grows with
+the number of idle connections: 1.1 ms per lookup with one client and 0.16 ms with fifty against
+the bench stand-in, which made throughput swing and collapse with load (bench/README). Here each
+connection is an asyncio Protocol: the event loop tells it when the server closes it, nothing is
+polled, and taking an idle connection is a list pop. httptools parses the responses; httpx's
+client API on top (base URL, headers, timeouts, content decoding) is unchanged, and unit tests
+keep mocking userli with pytest-httpx on httpx's own transport.
+
+Deliberately small: plain or TLS HTTP/1.1, whole bodies up to ``MAX_BODY`` (userli answers are
+small JSON), no proxies, no HTTP/2. The caller bounds concurrency (``UserliClient`` lets
+``MAX_IN_FLIGHT`` requests run at once); between requests at most ``max_idle`` connections per
+origin stay open, each for at most ``keepalive_expiry`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httptools
+import httpx
+
+__all__ = ["MAX_BODY", "UserliTransport"]
+
+MAX_BODY = 1 << 20  # bytes; Postfix takes at most 100 kB of reply anyway
+MAX_HEAD = 64 << 10  # bytes of status line and headers
+# Idle connections are given up before the shortest common server keep-alive timeout (Apache's
+# 5 s), so a request rarely meets a connection the server is closing at that very moment.
+KEEPALIVE_EXPIRY = 4.0
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Origin = tuple[str, str, int]
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_TARGET = re.compile(rb"/[\x21-\x7e]*")  # visible ASCII only: no space, no line break
+_UNSAFE_VALUE = re.compile(rb"[\x00\r\n]")
+
+
+class _Disconnected(Exception):
+    """The connection ended before a whole response arrived."""
+
+    def __init__(self, answered: bool) -> None:
+        super().__init__("server disconnected before a whole response")
+        self.answered = answered  # some of a response had arrived: the request reached the server
+
+
+@dataclass(slots=True)
+class _Response:
+    status: int = 0
+    reason: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: list[bytes] = field(default_factory=list)
+    size: int = 0  # bytes of body so far
+    head_size: int = 0  # bytes received before the head was complete
+    head_done: bool = False
+    framed: bool = False  # Content-Length or Transfer-Encoding: the body does not end at the close
+    keep_alive: bool = False
+
+
+class _Connection(asyncio.Protocol):
+    """One HTTP/1.1 connection: one request at a time, the response collected whole.
+
+    httptools (llhttp, the Node.js parser; by the uvloop authors) reads the responses: 1 us per
+    response where h11 took 45 (bench/README). Requests are simple enough to write directly.
+    """
+
+    def __init__(self, on_lost: Callable[[_Connection], None]) -> None:
+        self._on_lost = on_lost
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[_Response] | None = None
+        self._response = _Response()
+        self._answered = False
+        self._reusable = False
+        self._stray = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.close()  # bytes nobody asked for: this connection cannot be trusted any more
+            return
+        self._answered = True
+        response = self._response
+        if not response.head_done:
+            response.head_size += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
+            return
+        if self._stray:
+            self.close()
+            return
+        if not response.head_done and response.head_size > MAX_HEAD:
+            self._fail(httpx.RemoteProtocolError(f"response head over {MAX_HEAD} bytes"))
+        elif response.size > MAX_BODY:
+            self._fail(httpx.RemoteProtocolError(f"response body over {MAX_BODY} bytes"))
+
+    def eof_received(self) -> bool:
+        response = self._response
+        if response.head_done and not response.framed:  # the close ends the body
+            self._complete(keep_alive=False)
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(_Disconnected(self._answered))
+        self._on_lost(self)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            self._stray = True  # a second answer to one request
+        self._response = _Response()
+
+    def on_status(self, reason: bytes) -> None:
+        self._response.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._response.headers.append((name, value))
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self._response.framed = True
+
+    def on_headers_complete(self) -> None:
+        self._response.head_done = True
+        self._response.status = self._parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self._response.size += len(body)
+        self._response.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._response.status < 200:  # informational: the real answer follows
+            return
+        self._complete(keep_alive=self._parser.should_keep_alive())
+
+    # the connection's user
+
+    def close(self) -> None:
+        if not self.closed and self._transport is not None:
+            self.closed = True
+            self._transport.close()
+
+    def reusable(self) -> bool:
+        return self._reusable and not self.closed
+
+    async def exchange(self, request: bytes, read_timeout: float | None) -> _Response:
+        assert self._transport is not None
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
+        self._response, self._answered, self._reusable = _Response(), False, False
+        self._transport.write(request)
+        try:
+            async with asyncio.timeout(read_timeout):
+                return await waiter
+        except TimeoutError:
+            raise httpx.ReadTimeout("userli did not answer in time") from None
+        finally:
+            self._waiter = None
+
+    def _complete(self, keep_alive: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._reusable = keep_alive
+            self._waiter.set_result(self._response)
+
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+        if not isinstance(exc, _Disconnected):
+            self.close()  # the stream is out of step: nothing more can be read from it
+
+
+def _serialize(request: httpx.Request, body: bytes) -> bytes:
+    """The request head and body; refuses what could split into two requests on the wire."""
+    method, target = request.method.encode("ascii"), request.url.raw_path
+    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
+        raise httpx.LocalProtocolError("invalid request line")
+    lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+    for name, value in request.headers.raw:
+        if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
+            raise httpx.LocalProtocolError(f"invalid header {name!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return b"".join(lines) + body
+
+
+class UserliTransport(httpx.AsyncBaseTransport):
+    def __init__(
+        self,
+        max_idle: int,
+        keepalive_expiry: float = KEEPALIVE_EXPIRY,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_idle = max_idle
+        self._expiry = keepalive_expiry
+        self._ssl_context = ssl_context
+        self._idle: dict[Origin, list[_Connection]] = {}
+        self._busy: set[_Connection] = set()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        origin = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        timeouts = request.extensions.get("timeout", {})
+        wire = _serialize(request, await request.aread())
+        while True:
+            connection = self._take_idle(origin)
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect(origin, timeouts.get("connect"))
+            self._busy.add(connection)
+            try:
+                response = await connection.exchange(wire, timeouts.get("read"))
+            except _Disconnected as exc:
+                # A kept-alive connection the server closed just as we sent: safe to send again
+                # on a new one when nothing came back and the request changes nothing.
+                if reused and not exc.answered and request.method in IDEMPOTENT:
+                    continue
+                raise httpx.RemoteProtocolError("userli closed the connection without an answer") from None
+            except BaseException:  # timeout, cancellation, broken response: the stream is lost
+                connection.close()
+                raise
+            finally:
+                self._busy.discard(connection)
+            self._release(origin, connection)
+            return httpx.Response(
+                response.status,
+                headers=response.headers,
+                stream=httpx.ByteStream(b"".join(response.body)),
+                extensions={"http_version": b"HTTP/1.1", "reason_phrase": response.reason},
+            )
+
+    async def aclose(self) -> None:
+        for connections in self._idle.values():
+            for connection in connections:
+                connection.close()
+        for connection in self._busy:
+            connection.close()
+        self._idle.clear()
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = asyncio.get_running_loop().time()
+        while idle:
+            connection = idle.pop()  # the most recently used: least likely to be timed out by the server
+            if connection.closed:
+                continue
+            if now - connection.idle_since < self._expiry:
+                return connection
+            # The newest idle connection has expired, so have all the older ones.
+            for expired in (connection, *idle):
+                expired.close()
+            idle.clear()
+        return None
+
+    def _release(self, origin: Origin, connection: _Connection) -> None:
+        idle = self._idle.setdefault(origin, [])
+        if not connection.reusable() or len(idle) >= self._max_idle:
+            connection.close()
+            return
+        connection.idle_since = asyncio.get_running_loop().time()
+        idle.append(connection)
+
+    def _forget(self, origin: Origin) -> Callable[[_Connection], None]:
+        def lost(connection: _Connection) -> None:
+            idle = self._idle.get(origin)
+            if idle and connection in idle:
+                idle.remove(connection)
+
+        return lost
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        tls = None
+        if scheme == "https":
+            tls = self._ssl_context or httpx.create_ssl_context(trust_env=False)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self._forget(origin)),
+                    host,
+                    port,
+                    ssl=tls,
+                    server_hostname=host if tls else None,
+                )
+        except TimeoutError:
+            raise httpx.ConnectTimeout("userli did not accept the connection in time") from None
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(f"cannot connect to userli: {exc.__class__.__name__}") from exc
+        return connection

@@ -1,0 +1,367 @@
+"""The userli HTTP transport against scripted servers on loopback: reuse, closes, retries, limits.
+
+Each server here is a real asyncio TCP server whose handler plays one HTTP behaviour per
+connection, so every case runs over real sockets, on uvloop like the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+
+import httpx
+import pytest
+import trustme
+import uvloop
+
+from adapter.transport import MAX_BODY, UserliTransport
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+OK_TRUE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\ntrue"
+
+
+class Scripted:
+    """A server that hands connection number n (from 0) to ``handler(reader, writer, n)``."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []  # every request head (and body) read by read_request
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        number, self.connections = self.connections, self.connections + 1
+        try:
+            await self.handler(reader, writer, number)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def read_request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        request = head + (await reader.readexactly(length) if length else b"")
+        self.requests.append(request)
+        return request
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:
+    uvloop.run(scenario())
+
+
+async def get(transport: UserliTransport, url: str, timeout: float = 2.0) -> httpx.Response:
+    """One GET through a client on ``transport``, leaving the transport open for the next."""
+    return await httpx.AsyncClient(transport=transport, timeout=timeout).get(url)
+
+
+def keep_alive(answer: bytes = OK_TRUE, server: list[Scripted] | None = None) -> Handler:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        assert server is not None
+        while True:
+            await server[0].read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    return handler
+
+
+def serving(answer: bytes = OK_TRUE) -> Scripted:
+    box: list[Scripted] = []
+    scripted = Scripted(keep_alive(answer, box))
+    box.append(scripted)
+    return scripted
+
+
+def test_connections_are_kept_alive_and_requests_are_well_formed() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transport = UserliTransport(max_idle=4)
+            client = httpx.AsyncClient(transport=transport, base_url=server.url, headers={"Authorization": "Bearer t"})
+            for _ in range(5):
+                response = await client.get("/api/postfix/mailbox/a%40b.example")
+                assert (response.status_code, response.json()) == (200, True)
+            await client.aclose()
+            assert server.connections == 1
+            head = server.requests[0].decode()
+            assert head.startswith("GET /api/postfix/mailbox/a%40b.example HTTP/1.1\r\n")
+            assert f"Host: {server.url.removeprefix('http://')}\r\n" in head
+            assert "Authorization: Bearer t\r\n" in head
+
+    run(scenario)
+
+
+def test_a_post_sends_its_json_body() -> None:
+    async def scenario() -> None:
+        async with serving() as server, httpx.AsyncClient(transport=UserliTransport(max_idle=1)) as client:
+            response = await client.post(f"{server.url}/api/postfix/auth", json={"email": "a@b", "password": "p"})
+            assert response.status_code == 200
+            assert server.requests[0].endswith(b'\r\n\r\n{"email":"a@b","password":"p"}')
+            assert b"Content-Length: 30\r\n" in server.requests[0]
+
+    run(scenario)
+
+
+def test_chunked_and_compressed_bodies_are_decoded() -> None:
+    body = gzip.compress(b'["x@example.org"]')
+    chunked = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:]))
+        + b"0\r\n\r\n"
+    )
+
+    async def scenario() -> None:
+        async with serving(chunked) as server:
+            async with httpx.AsyncClient(transport=UserliTransport(max_idle=1)) as client:
+                assert (await client.get(server.url)).json() == ["x@example.org"]
+                assert (await client.get(server.url)).json() == ["x@example.org"]
+            assert server.connections == 1  # a chunked response ends cleanly: the connection is reused
+
+    run(scenario)
+
+
+def test_a_body_delimited_by_the_close_is_whole() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n["a@b"]')
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=1)
+            assert (await get(transport, server.url)).json() == ["a@b"]
+            assert (await get(transport, server.url)).json() == ["a@b"]
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_connection_close_and_idle_closes_by_the_server_are_followed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if n == 0:
+            writer.write(OK_TRUE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+        else:
+            writer.write(OK_TRUE)  # then the server drops the kept-alive connection while idle
+        await writer.drain()
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=2)
+            for expected_connections in (1, 2, 3):
+                assert (await get(transport, server.url)).status_code == 200
+                assert server.connections == expected_connections
+                await asyncio.sleep(0.05)  # the server's close arrives while the connection is idle
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(("method", "outcome"), [("GET", 200), ("POST", httpx.RemoteProtocolError)])
+def test_a_kept_alive_connection_lost_before_any_answer(method: str, outcome: object) -> None:
+    # The server reads the second request on the reused connection, then closes without a word:
+    # the request may be sent again on a new connection only when it changes nothing.
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await server.read_request(reader)
+        writer.write(OK_TRUE)
+        await writer.drain()
+        if n == 0:
+            await server.read_request(reader)  # and close
+            return
+        while True:
+            await server.read_request(reader)
+            writer.write(OK_TRUE)
+
+    server = Scripted(handler)
+
+    async def scenario() -> None:
+        async with server, httpx.AsyncClient(transport=UserliTransport(max_idle=1)) as client:
+            assert (await client.request(method, server.url)).status_code == 200
+            if outcome == 200:
+                assert (await client.request(method, server.url)).status_code == 200
+                assert server.connections == 2
+            else:
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await client.request(method, server.url)
+                assert server.connections == 1
+
+    run(scenario)
+
+
+def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            with pytest.raises(httpx.RemoteProtocolError):
+                await get(UserliTransport(max_idle=1), server.url)
+            assert server.connections == 1
+
+    run(scenario)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"garbage\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\ntrue",
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1) + b"x" * (MAX_BODY + 1),
+        b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"y" * 100_000 + b"\r\n\r\n",
+    ],
+    ids=["not-http", "two-lengths", "body-too-large", "head-too-large"],
+)
+def test_broken_or_oversized_answers_are_protocol_errors(answer: bytes) -> None:
+    async def scenario() -> None:
+        async with serving(answer) as server:
+            transport = UserliTransport(max_idle=1)
+            for _ in range(2):  # the broken connection is not reused
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await get(transport, server.url)
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_informational_answers_are_skipped() -> None:
+    async def scenario() -> None:
+        async with serving(b"HTTP/1.1 100 Continue\r\n\r\n" + OK_TRUE) as server:
+            assert (await get(UserliTransport(max_idle=1), server.url)).json() is True
+
+    run(scenario)
+
+
+def test_a_silent_server_is_a_read_timeout() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await asyncio.sleep(5)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                await get(UserliTransport(max_idle=1), server.url, timeout=0.2)
+            assert time.monotonic() - started < 1.0
+
+    run(scenario)
+
+
+def test_a_refused_connection_is_a_connect_error() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            url = server.url
+        server.server.close()
+        await server.server.wait_closed()
+        with pytest.raises(httpx.ConnectError):
+            await get(UserliTransport(max_idle=1), url)
+
+    run(scenario)
+
+
+def test_idle_connections_are_bounded_and_expire() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transport = UserliTransport(max_idle=3, keepalive_expiry=0.2)
+            async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+                await asyncio.gather(*(client.get("/") for _ in range(10)))
+                assert server.connections == 10
+                await asyncio.gather(*(client.get("/") for _ in range(3)))
+                assert server.connections == 10  # three were kept
+                await asyncio.gather(*(client.get("/") for _ in range(4)))
+                assert server.connections == 11
+                await asyncio.sleep(0.3)
+                await client.get("/")
+                assert server.connections == 12  # the kept ones had expired
+
+    run(scenario)
+
+
+def test_bytes_nobody_asked_for_drop_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE + b"HTTP/1.1 200 OK\r\n")  # a stray second answer begins
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=1)
+            assert (await get(transport, server.url)).status_code == 200
+            await asyncio.sleep(0.05)
+            assert (await get(transport, server.url)).status_code == 200
+            assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_header_with_a_line_break_is_never_sent() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            transport = UserliTransport(max_idle=1)
+            with pytest.raises(httpx.LocalProtocolError):
+                await transport.handle_async_request(
+                    httpx.Request("GET", server.url, headers={"X-Key": "a\r\nX-Injected: 1"})
+                )
+            assert server.requests == []
+
+    run(scenario)
+
+
+def test_aclose_closes_every_connection() -> None:
+    closed = asyncio.Event
+
+    async def scenario() -> None:
+        ended = closed()
+
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE)
+            await writer.drain()
+            assert await reader.read() == b""  # until the client closes
+            ended.set()
+
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=1)
+            await transport.handle_async_request(httpx.Request("GET", server.url))
+            await transport.aclose()
+            await asyncio.wait_for(ended.wait(), 2)
+
+    run(scenario)
+
+
+def test_https_with_the_system_or_a_given_trust_store() -> None:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate.configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK_TRUE)
+        await writer.drain()
+        writer.close()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(handler, "localhost", 0, ssl=server_context)
+        url = f"https://localhost:{server.sockets[0].getsockname()[1]}/"
+        try:
+            assert (await get(UserliTransport(max_idle=1, ssl_context=client_context), url)).json() is True
+            with pytest.raises(httpx.ConnectError):  # a private CA is not in the default trust store
+                await get(UserliTransport(max_idle=1), url)
+        finally:
+            server.close()
+
+    run(scenario)
