@@ -103,6 +103,7 @@ def transport() -> httpx.AsyncBaseTransport:
 class UserliClient:
     def __init__(self, http: httpx.AsyncClient, metrics: Metrics, timeout: float) -> None:
         self._http = http
+        self._base_url = str(http.base_url).rstrip("/")
         self._metrics = metrics
         self._timeout = timeout
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -122,6 +123,17 @@ class UserliClient:
             trust_env=False,  # the userli URL is configured explicitly; no proxy from the environment
         )
         return cls(http, metrics, config.userli_timeout)
+
+    def _request(self, path: str, body: dict[str, str] | None) -> httpx.Request:
+        """What ``AsyncClient.get``/``post`` would build, built directly: the client's merging of
+        URL, headers and cookies cost a fifth of a userli call's CPU (bench/README)."""
+        return httpx.Request(
+            "GET" if body is None else "POST",
+            self._base_url + path,
+            headers=self._http.headers,
+            json=body,
+            extensions={"timeout": self._http.timeout.as_dict()},
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -190,10 +202,7 @@ class UserliClient:
         status: int | None = None
         try:
             async with asyncio.timeout(timeout or self._timeout), self._in_flight:
-                if body is None:
-                    response = await self._http.get(path)
-                else:
-                    response = await self._http.post(path, json=body)
+                response = await self._http.send(self._request(path, body))
             status = response.status_code
             return response
         except (TimeoutError, httpx.TimeoutException):

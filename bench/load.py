@@ -16,6 +16,7 @@ class Result:
     seconds: float
     latencies: list[float] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
+    replies: int = 0  # every reply, warm-up included (to compare with the userli calls made)
 
     @property
     def rate(self) -> float:
@@ -60,6 +61,7 @@ class _Client(asyncio.Protocol):
             return
         reply = self._buffer[colon + 1 : colon + 1 + length]
         self._buffer = self._buffer[colon + length + 2 :]
+        self._result.replies += 1
         if self._state["measuring"]:
             self._result.latencies.append(time.perf_counter() - self._sent)
             self._result.answers[reply.split(b" ", 1)[0].decode()] += 1

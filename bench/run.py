@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import uvloop
@@ -66,11 +67,12 @@ class Adapter:
 
     def __init__(self, userli: str, address: str, **env: str) -> None:
         self.address = address
+        self.metrics = f"127.0.0.1:{free_port()}"
         settings = {
             "USERLI_TOKEN": "bench",
             "USERLI_BASE_URL": userli,
             "SOCKETMAP_LISTEN_ADDR": address,
-            "METRICS_LISTEN_ADDR": f"127.0.0.1:{free_port()}",
+            "METRICS_LISTEN_ADDR": self.metrics,
             "POLICY_LISTEN_ADDR": "",
             "MAX_CONNECTIONS": "1000",
             "LOG_LEVEL": "error",
@@ -97,6 +99,13 @@ class Adapter:
         except OSError:
             return False
 
+    def userli_calls(self) -> float:
+        """HTTP requests the adapter has made to userli so far (from its /metrics)."""
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        prefix = "userli_postfix_adapter_http_client_requests_total{"
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -108,6 +117,39 @@ class Adapter:
         self.process.wait(30)
 
 
+class Podop:
+    """Podop (Mailu's socketmap proxy, ``pip install podop``) on CPU 0: one URL table, the peer the
+    issue compares the cold path with. It listens on a UNIX socket only."""
+
+    def __init__(self, python: str, userli: str, path: str) -> None:
+        self.address = path
+        code = (
+            "from podop import run_server; "
+            f"run_server(0, 'postfix', {path!r}, [('mailbox', 'url', '{userli}/api/postfix/mailbox/§')])"
+        )
+        self.process = subprocess.Popen([python, "-c", code], preexec_fn=lambda: os.sched_setaffinity(0, {ADAPTER_CPU}))
+        deadline = time.monotonic() + 30
+        while not os.path.exists(path):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("podop did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+def podop_python(choice: str) -> str | None:
+    """The interpreter to run Podop with: ``auto`` is this one if it has podop installed."""
+    if choice == "off":
+        return None
+    python = sys.executable if choice == "auto" else choice
+    found = subprocess.run([python, "-c", "import podop"], capture_output=True).returncode == 0
+    if not found and choice != "auto":
+        raise SystemExit(f"--podop {choice}: that interpreter cannot import podop")
+    return python if found else None
+
+
 def requests(keys: list[str]) -> list[bytes]:
     return [netstring(f"mailbox {key}".encode()) for key in keys]
 
@@ -116,12 +158,17 @@ def measure(address: str, payloads: list[bytes], connections: int, seconds: floa
     return [uvloop.run(run(address, payloads, connections, seconds)) for _ in range(runs)]
 
 
-def report(label: str, results: list[Result], ceiling: float | None = None) -> float:
+def report(label: str, results: list[Result], ceiling: float | None = None, note: str = "") -> float:
     rate = statistics.median(r.rate for r in results)
     best = min(results, key=lambda r: abs(r.rate - rate))  # the median run's details
     ratio = f"  {rate / ceiling:4.2f}x ceiling" if ceiling else ""
-    print(f"  {label:28s} {best.summary()}{ratio}", flush=True)
+    print(f"  {label:28s} {best.summary()}{ratio}{note}", flush=True)
     return rate
+
+
+def not_ok(results: list[Result]) -> int:
+    """Answers that were not OK in the first run, or 1 if it had no answers at all."""
+    return sum(n for word, n in results[0].answers.items() if word != "OK") + (0 if results[0].latencies else 1)
 
 
 def main() -> int:
@@ -133,12 +180,18 @@ def main() -> int:
     parser.add_argument("--transports", default="tcp,unix", help="tcp, unix, or both")
     parser.add_argument("--concurrency", default="1,10,50,200", help="connection counts")
     parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
+    parser.add_argument(
+        "--podop",
+        default="auto",
+        help="Python with podop installed, to run it as the cold-path peer over UNIX (auto: this one if it can; off)",
+    )
     args = parser.parse_args()
     if args.smoke:
         args.runs, args.seconds = 1, 0.3
     concurrency = [1, 10] if args.smoke else [int(c) for c in args.concurrency.split(",")]
     transports = ["tcp"] if args.smoke else args.transports.split(",")
     modes = args.modes.split(",")
+    podop = podop_python(args.podop)
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="adapter-bench-"))
     userli = f"127.0.0.1:{free_port()}"
@@ -168,15 +221,28 @@ def main() -> int:
                 if mode not in modes:
                     continue
                 adapter = Adapter(f"http://{userli}", address(f"adapter-{mode}"), **env)
+                with_peer = podop is not None and mode == "cold" and transport == "unix"  # Podop: UNIX only
+                peer = Podop(podop, f"http://{userli}", address("podop")) if with_peer else None
                 try:
-                    uvloop.run(run(adapter.address, requests(keys[:1000]), 10, 0.5, warmup=0.2))  # warm up
+                    for target in (adapter, peer):
+                        if target is not None:  # warm up
+                            uvloop.run(run(target.address, requests(keys[:1000]), 10, 0.5, warmup=0.2))
                     for c in concurrency:
+                        calls = adapter.userli_calls()
                         results = measure(adapter.address, requests(keys), c, args.seconds, args.runs)
-                        report(f"adapter {mode} C={c}", results, ceilings[c])
-                        bad = sum(n for word, n in results[0].answers.items() if word != "OK")
-                        failures += bad + (0 if results[0].latencies else 1)
+                        calls = (adapter.userli_calls() - calls) / sum(r.replies for r in results)
+                        per_call = f"  {calls:.2f} userli calls per lookup" if mode == "cold" else ""
+                        rate = report(f"adapter {mode} C={c}", results, ceilings[c], per_call)
+                        failures += not_ok(results)
+                        if peer is not None:
+                            peer_results = measure(peer.address, requests(keys), c, args.seconds, args.runs)
+                            peer_rate = report(f"podop C={c}", peer_results, ceilings[c])
+                            print(f"  {'adapter / podop':28s} {rate / peer_rate:9.2f}x", flush=True)
+                            failures += not_ok(peer_results)
                 finally:
                     adapter.stop()
+                    if peer is not None:
+                        peer.stop()
         if not (args.smoke or args.no_memory):
             print("\nMEMORY")
             adapter = Adapter(f"http://{userli}", f"127.0.0.1:{free_port()}")
