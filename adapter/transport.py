@@ -33,7 +33,7 @@ MAX_HEAD = 64 << 10  # bytes of status line and headers
 # Idle connections are given up before the shortest common server keep-alive timeout (Apache's
 # 5 s), so a request rarely meets a connection the server is closing at that very moment.
 KEEPALIVE_EXPIRY = 4.0
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+METHODS = frozenset({"GET", "POST"})  # what userli's API needs; a HEAD answer would carry no body
 
 Origin = tuple[str, str, int]
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -183,9 +183,11 @@ class _Connection(asyncio.Protocol):
 
 def _serialize(request: httpx.Request, body: bytes) -> bytes:
     """The request head and body; refuses what could split into two requests on the wire."""
+    if request.method not in METHODS:
+        raise httpx.LocalProtocolError(f"method {request.method} is not supported")
     method, target = request.method.encode("ascii"), request.url.raw_path
-    if not _TOKEN.fullmatch(method) or not _TARGET.fullmatch(target):
-        raise httpx.LocalProtocolError("invalid request line")
+    if not _TARGET.fullmatch(target):
+        raise httpx.LocalProtocolError("invalid request target")
     lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
     for name, value in request.headers.raw:
         if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
@@ -222,10 +224,13 @@ class UserliTransport(httpx.AsyncBaseTransport):
             try:
                 response = await connection.exchange(wire, timeouts.get("read"))
             except _Disconnected as exc:
-                # A kept-alive connection the server closed just as we sent: safe to send again
-                # on a new one when nothing came back and the request changes nothing.
-                if reused and not exc.answered and request.method in IDEMPOTENT:
-                    continue
+                # A kept-alive connection the server closed just as we sent: the others kept as
+                # long are suspect too (userli restarted?). Safe to send again on a new one when
+                # nothing came back and the request changes nothing.
+                if reused and not exc.answered:
+                    self._drop_idle(origin)
+                    if request.method == "GET":
+                        continue
                 raise httpx.RemoteProtocolError("userli closed the connection without an answer") from None
             except BaseException:  # timeout, cancellation, broken response: the stream is lost
                 connection.close()
@@ -247,6 +252,10 @@ class UserliTransport(httpx.AsyncBaseTransport):
         for connection in self._busy:
             connection.close()
         self._idle.clear()
+
+    def _drop_idle(self, origin: Origin) -> None:
+        for connection in self._idle.pop(origin, ()):
+            connection.close()
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin)

@@ -86,7 +86,7 @@ def serve(factory: Callable[[], asyncio.Protocol], address: str, cpu: int, ready
     async def main() -> None:
         loop = asyncio.get_running_loop()
         if address.startswith("/"):
-            server = await loop.create_unix_server(factory, address)
+            server = await loop.create_unix_server(factory, address, backlog=1024)
         else:
             host, port = address.rsplit(":", 1)
             server = await loop.create_server(factory, host, int(port), backlog=1024)

@@ -365,3 +365,44 @@ def test_https_with_the_system_or_a_given_trust_store() -> None:
             server.close()
 
     run(scenario)
+
+
+def test_one_stale_connection_retires_the_other_idle_ones() -> None:
+    # userli restarted: every kept-alive connection is dead. The first failure closes them all,
+    # so the GET is sent again at once on a new connection, not once per stale one.
+    stale_requests: list[int] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(OK_TRUE)
+        await writer.drain()
+        if n < 3:
+            await reader.readuntil(b"\r\n\r\n")
+            stale_requests.append(n)
+            return  # closed without an answer
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=3)
+            async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+                await asyncio.gather(*(client.get("/") for _ in range(3)))
+                assert server.connections == 3
+                assert (await client.get("/")).status_code == 200
+                assert (await client.get("/")).status_code == 200
+            assert len(stale_requests) == 1
+            assert server.connections == 4
+
+    run(scenario)
+
+
+def test_only_get_and_post_are_spoken() -> None:
+    async def scenario() -> None:
+        async with serving() as server:
+            with pytest.raises(httpx.LocalProtocolError):
+                await UserliTransport(max_idle=1).handle_async_request(httpx.Request("HEAD", server.url))
+            assert server.requests == []
+
+    run(scenario)
