@@ -1,7 +1,8 @@
-"""httpx's default transport vs the httpx-aiohttp transport, same client API, against the bench's
-userli stand-in: requests/s at 1, 10, 32 and 200 requests in flight (median of 3 interleaved runs).
+"""The adapter's userli transport vs httpx's default one and (when installed) httpx-aiohttp, same
+client API, against the bench's userli stand-in: requests/s at 1, 10, 32 and 200 requests in
+flight (median of 3 interleaved runs).
 
-    pip install httpx-aiohttp   # not a dependency of the adapter (yet)
+    pip install httpx-aiohttp   # optional; not a dependency of the adapter
     python bench/transports.py
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import time
@@ -22,12 +24,20 @@ import uvloop
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from standins import UserliStandIn, dataset, serve, user_address
 
+from adapter.transport import UserliTransport
+
 USERS = 20_000
 ANSWERS: dict[bytes, bytes] = {}
 
 
 def standin_factory() -> UserliStandIn:
     return UserliStandIn(ANSWERS)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def run_standin(address: str, ready: object) -> None:
@@ -61,19 +71,27 @@ async def rate(make_client: Callable[[], httpx.AsyncClient], in_flight: int, sec
 
 
 def main() -> None:
-    import httpx_aiohttp
-
     ready = multiprocessing.Event()
-    address = "127.0.0.1:18777"
+    address = f"127.0.0.1:{free_port()}"
     standin = multiprocessing.Process(target=run_standin, args=(address, ready), daemon=True)
     standin.start()
     ready.wait(30)
     os.sched_setaffinity(0, {0})
     base, limits = f"http://{address}", httpx.Limits(max_connections=32, max_keepalive_connections=32)
     clients: dict[str, Callable[[], httpx.AsyncClient]] = {
+        "adapter transport": lambda: httpx.AsyncClient(
+            base_url=base, transport=UserliTransport(max_idle=32), trust_env=False
+        ),
         "httpx default": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
-        "httpx-aiohttp": lambda: httpx_aiohttp.HttpxAiohttpClient(base_url=base, limits=limits, trust_env=False),
     }
+    try:
+        import httpx_aiohttp
+
+        clients["httpx-aiohttp"] = lambda: httpx_aiohttp.HttpxAiohttpClient(
+            base_url=base, limits=limits, trust_env=False
+        )
+    except ImportError:
+        print("httpx-aiohttp is not installed: left out", flush=True)
     try:
         for in_flight in (1, 10, 32, 200):
             rates: dict[str, list[float]] = {name: [] for name in clients}
