@@ -6,6 +6,7 @@ Timeouts are shortened through ``Limits`` so every lifetime rule runs in well un
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers import LoopThread, wait_until
 
+from adapter import server
 from adapter.config import ListenAddress
 from adapter.server import Limits, Listener, ListenerHooks
 
@@ -405,3 +407,36 @@ def test_a_burst_of_connections_is_accepted_at_once_while_the_loop_is_busy(core:
     assert all(client.ask(b"now") == b"NOW" for client in clients)
     for client in clients:
         client.sock.close()
+
+
+def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
+    core: Core, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(server, "ACCEPT_BACKOFF", 0.3)
+    listening = core.listener._sockets[0]
+
+    class OutOfDescriptorsOnce:
+        """The listening socket, except that its first accept() fails like a full fd table."""
+
+        failed = False
+
+        def fileno(self) -> int:
+            return listening.fileno()
+
+        def accept(self) -> tuple[socket.socket, object]:
+            if not self.failed:
+                self.failed = True
+                raise OSError(errno.EMFILE, "Too many open files")
+            return listening.accept()
+
+    async def fail_once() -> None:
+        asyncio.get_running_loop().remove_reader(listening.fileno())
+        core.listener._accept(OutOfDescriptorsOnce())  # type: ignore[arg-type]
+
+    core.thread.call(fail_once())
+    started = time.monotonic()
+    client = core.connect()
+    assert client.ask(b"now") == b"NOW"  # accepted once the pause is over
+    assert time.monotonic() - started >= 0.25
+    assert "cannot accept connections" in caplog.text
+    client.sock.close()
