@@ -292,7 +292,9 @@ class UserliTransport(httpx.AsyncBaseTransport):
         scheme, host, port = origin
         tls = None
         if scheme == "https":
-            tls = self._ssl_context or httpx.create_ssl_context(trust_env=False)
+            if self._ssl_context is None:  # httpx's own trust store (certifi), built once: loading it takes ms
+                self._ssl_context = httpx.create_ssl_context(trust_env=False)
+            tls = self._ssl_context
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
