@@ -68,7 +68,7 @@ class Lookups:
     def answer_now(self, payload: bytes) -> bytes | None:
         """The reply when it needs no userli call (a cached answer, a local rule), else None."""
         started = time.perf_counter()
-        plan = self._plans.get(payload) or self._plan(payload)
+        plan = self._plan(payload)
         if plan.rejection is not None:
             return self._rejected(plan, started)
         outcome: Outcome = NOT_FOUND
@@ -83,7 +83,7 @@ class Lookups:
 
     async def answer(self, payload: bytes) -> bytes:
         started = time.perf_counter()
-        plan = self._plans.get(payload) or self._plan(payload)
+        plan = self._plan(payload)
         if plan.rejection is not None:
             return self._rejected(plan, started)
         outcome: Outcome = NOT_FOUND
@@ -94,6 +94,10 @@ class Lookups:
         return self._finish(plan, outcome, started)
 
     def _plan(self, payload: bytes) -> _Plan:
+        plan = self._plans.get(payload)
+        return plan if plan is not None else self._work_out(payload)
+
+    def _work_out(self, payload: bytes) -> _Plan:
         request = socketmap.parse_request(payload)
         if request.name not in MAP_NAMES:
             plan = _Plan("unknown", (), socketmap.perm("unknown map name"))
