@@ -206,6 +206,9 @@ def _listener_hooks(
     return ListenerHooks(connections_changed, pool_full.inc, framing_errors.inc)
 
 
+_BUCKET_LABELS = (*map(floatToGoString, REQUEST_BUCKETS), "+Inf")  # the "le" of each bucket
+
+
 class _CountedDurations:
     """A counter and a duration histogram over the same labels, kept as plain numbers per label
     combination and exported at scrape time.
@@ -245,10 +248,10 @@ class _CountedDurations:
     def collect(self) -> Iterator[Metric]:
         total = CounterMetricFamily(self._names[0], self._help[0], labels=self._label_names)
         duration = HistogramMetricFamily(self._names[1], self._help[1], labels=self._label_names)
-        bounds = [*map(floatToGoString, REQUEST_BUCKETS), "+Inf"]
         for values, (count, seconds, buckets) in self._children.items():
             total.add_metric(values, count)
-            duration.add_metric(values, list(zip(bounds, itertools.accumulate(buckets), strict=True)), seconds)
+            cumulative = zip(_BUCKET_LABELS, itertools.accumulate(buckets), strict=True)
+            duration.add_metric(values, list(cumulative), seconds)
         yield total
         yield duration
 

@@ -407,30 +407,22 @@ def bound_address(sockets: Sequence[Any], configured: ListenAddress) -> ListenAd
 def _listening_sockets(address: ListenAddress) -> list[socket.socket]:
     """Bound, listening, non-blocking sockets for an address (a host name may give several)."""
     if address.path is not None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(address.path)
-            sock.listen(BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        sockets = [sock]
-    elif not address.host:  # every interface, IPv6 and IPv4 where the system has both
-        dual = socket.has_dualstack_ipv6()
-        family = socket.AF_INET6 if dual else socket.AF_INET
-        sockets = [socket.create_server(("", address.port or 0), family=family, backlog=BACKLOG, dualstack_ipv6=dual)]
+        places = [(socket.AF_UNIX, address.path)]
+    elif not address.host:  # every interface: one dual-stack socket where the system has both
+        places = [(socket.AF_INET6 if socket.has_dualstack_ipv6() else socket.AF_INET, ("", address.port or 0))]
     else:
-        sockets = []
         found = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        try:
-            for family, *_, sockaddr in dict.fromkeys(found):
-                sockets.append(socket.create_server(sockaddr, family=family, backlog=BACKLOG))
-        except OSError:
-            for sock in sockets:
-                sock.close()
-            raise
-    for sock in sockets:
-        sock.setblocking(False)
+        places = [(family, sockaddr) for family, *_, sockaddr in dict.fromkeys(found)]
+    sockets: list[socket.socket] = []
+    try:
+        for family, place in places:
+            dual = family == socket.AF_INET6 and not address.host
+            sockets.append(socket.create_server(place, family=family, backlog=BACKLOG, dualstack_ipv6=dual))
+            sockets[-1].setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
     return sockets
 
 

@@ -104,6 +104,7 @@ class UserliClient:
     def __init__(self, http: httpx.AsyncClient, metrics: Metrics, timeout: float) -> None:
         self._http = http
         self._base_url = str(http.base_url).rstrip("/")
+        self._timeouts = http.timeout.as_dict()
         self._metrics = metrics
         self._timeout = timeout
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -132,7 +133,7 @@ class UserliClient:
             self._base_url + path,
             headers=self._http.headers,
             json=body,
-            extensions={"timeout": self._http.timeout.as_dict()},
+            extensions={"timeout": self._timeouts},
         )
 
     async def aclose(self) -> None:
