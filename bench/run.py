@@ -62,31 +62,20 @@ def run_ceiling(address: str, ready: object) -> None:
     serve(ConstantReply, address, ADAPTER_CPU, ready)
 
 
-class Adapter:
-    """``python -m adapter`` on CPU 0, configured by environment variables."""
+class Server:
+    """A socketmap server under test: a process of its own on CPU 0, ready once it accepts."""
 
-    def __init__(self, userli: str, address: str, **env: str) -> None:
+    def __init__(self, name: str, command: list[str], address: str, env: dict[str, str] | None = None) -> None:
         self.address = address
-        self.metrics = f"127.0.0.1:{free_port()}"
-        settings = {
-            "USERLI_TOKEN": "bench",
-            "USERLI_BASE_URL": userli,
-            "SOCKETMAP_LISTEN_ADDR": address,
-            "METRICS_LISTEN_ADDR": self.metrics,
-            "POLICY_LISTEN_ADDR": "",
-            "MAX_CONNECTIONS": "1000",
-            "LOG_LEVEL": "error",
-            **env,
-        }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "adapter"],
-            env={**os.environ, **settings},
+            command,
+            env={**os.environ, **(env or {})},
             preexec_fn=lambda: os.sched_setaffinity(0, {ADAPTER_CPU}),
         )
         deadline = time.monotonic() + 30
         while not self._listening():
             if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("the adapter did not start")
+                raise RuntimeError(f"{name} did not start")
             time.sleep(0.05)
 
     def _listening(self) -> bool:
@@ -98,6 +87,28 @@ class Adapter:
             return True
         except OSError:
             return False
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
+class Adapter(Server):
+    """``python -m adapter``, configured by environment variables."""
+
+    def __init__(self, userli: str, address: str, **env: str) -> None:
+        self.metrics = f"127.0.0.1:{free_port()}"
+        settings = {
+            "USERLI_TOKEN": "bench",
+            "USERLI_BASE_URL": userli,
+            "SOCKETMAP_LISTEN_ADDR": address,
+            "METRICS_LISTEN_ADDR": self.metrics,
+            "POLICY_LISTEN_ADDR": "",
+            "MAX_CONNECTIONS": "1000",
+            "LOG_LEVEL": "error",
+            **env,
+        }
+        super().__init__("the adapter", [sys.executable, "-m", "adapter"], address, settings)
 
     def userli_calls(self) -> float:
         """HTTP requests the adapter has made to userli so far (from its /metrics)."""
@@ -112,31 +123,17 @@ class Adapter:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
 
-
-class Podop:
-    """Podop (Mailu's socketmap proxy, ``pip install podop``) on CPU 0: one URL table, the peer the
-    issue compares the cold path with. It listens on a UNIX socket only."""
+class Podop(Server):
+    """Podop (Mailu's socketmap proxy, ``pip install podop``): one URL table, the peer the issue
+    compares the cold path with. It listens on a UNIX socket only."""
 
     def __init__(self, python: str, userli: str, path: str) -> None:
-        self.address = path
         code = (
             "from podop import run_server; "
             f"run_server(0, 'postfix', {path!r}, [('mailbox', 'url', '{userli}/api/postfix/mailbox/§')])"
         )
-        self.process = subprocess.Popen([python, "-c", code], preexec_fn=lambda: os.sched_setaffinity(0, {ADAPTER_CPU}))
-        deadline = time.monotonic() + 30
-        while not os.path.exists(path):
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                raise RuntimeError("podop did not start")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(30)
+        super().__init__("podop", [python, "-c", code], path)
 
 
 def podop_python(choice: str) -> str | None:
