@@ -13,7 +13,7 @@ Both store the last known answer of userli per (map, canonical key) and say how 
   or senders map is what rejects mail; those are never served stale.
 
 Redis holds the socketmap reply itself (``OK a,b`` / ``NOTFOUND ``) under
-``userli:lookup:<map>:<key>`` with a TTL equal to how long the entry is kept; the age is that
+``userli:pyadapter:lookup:<map>:<key>`` with a TTL equal to how long the entry is kept; the age is that
 keep time minus the remaining TTL, so one GET and one PTTL tell everything. Redis errors never
 fail a lookup: the tier steps aside for a moment and the error is counted (the client's
 short timeouts are in redis_client.py).
@@ -41,6 +41,10 @@ Answer = Found | NotFound  # what the lookup cache holds; failures are never cac
 T = TypeVar("T")
 
 REDIS_BACKOFF = 2.0  # after a Redis error, lookups skip Redis for this long
+# Not the Go adapter's "userli:lookup:": there the same key holds only OK replies, kept for
+# LOOKUP_CACHE_TTL and served as fresh; ours are kept for the stale window and include NOTFOUND.
+# A Go instance in a mixed fleet, or after a rollback, would serve ours as fresh for 24 h.
+KEY_PREFIX = "userli:pyadapter:lookup:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +139,7 @@ class RedisCache:
 
     @staticmethod
     def key(map_name: str, key: str) -> str:
-        return f"userli:lookup:{map_name}:{key}"
+        return f"{KEY_PREFIX}{map_name}:{key}"
 
     async def get(self, map_name: str, key: str) -> tuple[Answer, float] | None:
         """The stored answer and its age, or None (absent, unreadable, or Redis unavailable)."""

@@ -28,7 +28,11 @@ RATE_LIMIT_ACTIONS = ("REJECT", "DEFER", "DEFER_IF_PERMIT")  # or a 4NN/5NN code
 # together must stay well inside that.
 POSTFIX_AUTH_TIMEOUT = 10.0
 RATE_LIMIT_COUNTS = ("messages", "recipients")
+RATE_LIMIT_SENDERS = ("all", "authenticated")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The Go adapter's zap levels, so that a Go environment starts unchanged.
+LOG_LEVEL_ALIASES = {"warn": "warning", "dpanic": "error", "panic": "error", "fatal": "error"}
+OFF = "off"  # a listener variable set to this turns the listener off
 LOG_FORMATS = ("json", "text")
 
 
@@ -75,6 +79,7 @@ class Config:
     policy_idle_timeout: float = 330.0
     quota_cache_ttl: float = 60.0
     rate_limit_count: str = "messages"
+    rate_limit_senders: str = "all"  # "authenticated": only messages with a SASL login count
     rate_limit_action: str = "REJECT"
     rate_limit_message: str = "Rate limit exceeded, please try again later"
     sasl_address: ListenAddress | None = None  # None: no SASL server
@@ -110,19 +115,19 @@ class Config:
             redis_url=reader.redis_url("REDIS_URL"),
             breaker_threshold=reader.integer("USERLI_BREAKER_THRESHOLD", "20", minimum=1, maximum=1_000_000),
             breaker_cooldown=reader.duration("USERLI_BREAKER_COOLDOWN", "5s", maximum=3600),
-            policy_address=reader.optional_address("POLICY_LISTEN_ADDR", ":10003"),
+            # Empty means the default, as in the Go adapter; "off" turns the policy server off.
+            policy_address=reader.optional_address("POLICY_LISTEN_ADDR", ":10003", empty_is_default=True),
             policy_socket_mode=reader.mode("POLICY_SOCKET_MODE", "0666"),
             policy_idle_timeout=reader.duration("POLICY_IDLE_TIMEOUT", "330s", minimum=MIN_POLICY_IDLE_TIMEOUT),
             quota_cache_ttl=reader.duration("QUOTA_CACHE_TTL", "60s", allow_zero=True),
             rate_limit_count=reader.choice("RATE_LIMIT_COUNT", "messages", RATE_LIMIT_COUNTS),
+            rate_limit_senders=reader.choice("RATE_LIMIT_SENDERS", "all", RATE_LIMIT_SENDERS),
             rate_limit_action=reader.rate_limit_action("RATE_LIMIT_ACTION"),
             rate_limit_message=reader.text("RATE_LIMIT_MESSAGE", "Rate limit exceeded, please try again later"),
             sasl_address=reader.optional_address("SASL_LISTEN_ADDR", ""),
-            sasl_socket_mode=reader.mode("SASL_SOCKET_MODE", "0660"),
-            sasl_socket_owner=reader.user("SASL_SOCKET_OWNER"),
-            sasl_socket_group=reader.group("SASL_SOCKET_GROUP"),
+            **reader.sasl_socket(),
             **reader.sasl_timing(),
-            log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases={"warn": "warning"}),
+            log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases=LOG_LEVEL_ALIASES),
             log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
         )
 
@@ -149,9 +154,11 @@ class Config:
             "policy_idle_timeout": self.policy_idle_timeout,
             "quota_cache_ttl": self.quota_cache_ttl,
             "rate_limit_count": self.rate_limit_count,
+            "rate_limit_senders": self.rate_limit_senders,
             "rate_limit_action": self.rate_limit_action,
             "rate_limit_store": "redis" if self.redis_url else "memory",
             "sasl_listen_addr": str(self.sasl_address) if self.sasl_address else "off",
+            "sasl_socket_mode": oct(self.sasl_socket_mode),
             "sasl_timeout": self.sasl_timeout,
             "sasl_failure_delay": self.sasl_failure_delay,
         }
@@ -186,12 +193,13 @@ def _token(env: Mapping[str, str]) -> str:
     return token
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+# Go's time.ParseDuration units, so that a Go adapter's environment starts unchanged.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|μs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 def parse_duration(text: str) -> float:
-    """``500ms``, ``5s``, ``2m``, ``1h30m`` or plain seconds (``2.5``) -> seconds."""
+    """``500ms``, ``5s``, ``2m``, ``1h30m``, Go's ``ns``/``us``/``µs``, or plain seconds -> seconds."""
     text = text.strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return float(text)
@@ -202,9 +210,10 @@ def parse_duration(text: str) -> float:
 
 
 def parse_listen_address(text: str) -> ListenAddress:
-    """``host:port``, ``:port``, ``[v6]:port``, or an absolute UNIX socket path."""
+    """``host:port``, ``:port``, ``[v6]:port``, or a UNIX socket: an absolute path, or any path
+    ending in ``.sock`` (the Go adapter's rule; a relative one is taken from the working directory)."""
     text = text.strip()
-    if text.startswith("/"):
+    if text.startswith("/") or text.endswith(".sock"):
         return ListenAddress(path=text)
     host, sep, port_text = text.rpartition(":")
     if not sep:
@@ -242,12 +251,27 @@ class _Reader:
             raise ConfigError(f"{name}: must be {lowest} and at most {maximum:g} seconds")
         return seconds
 
-    def optional_address(self, name: str, default: str) -> ListenAddress | None:
-        """Like ``address``, but the empty string (or an empty default) turns the listener off."""
+    def optional_address(self, name: str, default: str, empty_is_default: bool = False) -> ListenAddress | None:
+        """Like ``address``, but ``off`` turns the listener off, and so does the empty string
+        unless it means the default (as it does for the policy server in the Go adapter)."""
         raw = self._env.get(name)
-        if (raw if raw is not None else default).strip() == "":
+        if raw is not None and raw.strip().lower() == OFF:
+            return None
+        empty = raw is None or raw.strip() == ""
+        if empty and (default == "" or (raw is not None and not empty_is_default)):
             return None
         return self.address(name, default)
+
+    def sasl_socket(self) -> dict[str, int | None]:
+        """Owner, group and mode of the SASL UNIX socket. Without an owner or group it is 0666, as
+        in the Go adapter (Postfix's private/ directory is what guards it); with one, 0660."""
+        owner, group = self.user("SASL_SOCKET_OWNER"), self.group("SASL_SOCKET_GROUP")
+        default = "0666" if owner is None and group is None else "0660"
+        return {
+            "sasl_socket_owner": owner,
+            "sasl_socket_group": group,
+            "sasl_socket_mode": self.mode("SASL_SOCKET_MODE", default),
+        }
 
     def user(self, name: str) -> int | None:
         return self._id(name, lambda n: pwd.getpwnam(n).pw_uid, "user")

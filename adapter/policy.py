@@ -19,7 +19,7 @@ from adapter.protocols.policy import PolicyDecoder, reply
 from adapter.ratelimit import RateLimiter, RateLimitError
 from adapter.userli import NotFound, Quota, UserliClient
 
-__all__ = ["PolicyDecider", "PolicySession", "identity_of"]
+__all__ = ["PolicyDecider", "PolicySession", "identity_candidates"]
 
 log = logging.getLogger("adapter.policy")
 
@@ -27,15 +27,19 @@ DUNNO = "DUNNO"
 DUNNO_REPLY = reply(DUNNO)
 
 
-def identity_of(attributes: Mapping[str, str], delimiters: str) -> str | None:
-    """Whose quota a message counts against: the SASL login, else the envelope sender.
+def identity_candidates(
+    attributes: Mapping[str, str], delimiters: str, authenticated_only: bool = False
+) -> tuple[str, ...]:
+    """Whose quota a message may count against, in the order to ask userli: the SASL login, else
+    (unless only authenticated senders are counted) the envelope sender.
 
-    Canonical like a lookup key, and without its address extension: ``user+1@x`` and
-    ``user+2@x`` share the quota of ``user@x``.
+    Canonical like a lookup key, with Postfix's extension semantics: the full address first,
+    then the address without its extension. The first one userli knows is the identity, so with
+    a delimiter of ``-`` the user ``john-doe@`` counts as itself, not as ``john@``, while
+    ``user+1@x`` and ``user+2@x`` (with ``+``) share the quota of ``user@x``.
     """
-    raw = attributes.get("sasl_username") or attributes.get("sender") or ""
-    addresses = [key for key in lookup_keys(raw, delimiters) if "@" in key]
-    return addresses[-1] if addresses else None
+    raw = attributes.get("sasl_username") or ("" if authenticated_only else attributes.get("sender", ""))
+    return tuple(key for key in lookup_keys(raw, delimiters) if "@" in key)
 
 
 class PolicyDecider:
@@ -51,6 +55,7 @@ class PolicyDecider:
         self._limiter = limiter
         self._metrics = metrics
         self._delimiters = config.recipient_delimiter
+        self._authenticated_only = config.rate_limit_senders == "authenticated"
         self._count_recipients = config.rate_limit_count == "recipients"
         self._over_quota = f"{config.rate_limit_action} {config.rate_limit_message}"
         self._quota_ttl = config.quota_cache_ttl
@@ -67,11 +72,15 @@ class PolicyDecider:
         return action
 
     async def _check(self, attributes: Mapping[str, str]) -> tuple[str, str]:
-        identity = identity_of(attributes, self._delimiters)
-        if identity is None:
+        candidates = identity_candidates(attributes, self._delimiters, self._authenticated_only)
+        if not candidates:
             self._metrics.observe_quota_check("no_identity")
             return DUNNO, "dunno"
-        quota = await self._quota(identity)
+        queue_id = attributes.get("queue_id", "")
+        for identity in candidates:
+            quota = await self._quota(identity, queue_id)
+            if not isinstance(quota, NotFound):
+                break
         if quota is None:
             return DUNNO, "error"
         if isinstance(quota, NotFound):
@@ -85,7 +94,9 @@ class PolicyDecider:
         except RateLimitError as exc:
             self._metrics.ratelimit_errors.inc()
             self._metrics.observe_quota_check("error")
-            log.warning("rate-limit store failed; letting the message through", extra={"error": str(exc)})
+            log.warning(
+                "rate-limit store failed; letting the message through", extra={"error": str(exc), "queue_id": queue_id}
+            )
             return DUNNO, "error"
         if decision.allowed:
             self._metrics.observe_quota_check("within")
@@ -96,6 +107,7 @@ class PolicyDecider:
             "sending quota exceeded",
             extra={
                 "identity": identity,
+                "queue_id": queue_id,
                 "last_hour": decision.last_hour,
                 "last_day": decision.last_day,
                 "per_hour": quota.per_hour,
@@ -104,8 +116,9 @@ class PolicyDecider:
         )
         return self._over_quota, "reject"
 
-    async def _quota(self, identity: str) -> Quota | NotFound | None:
-        """The user's quota, cached for QUOTA_CACHE_TTL; None when userli could not say."""
+    async def _quota(self, identity: str, queue_id: str) -> Quota | NotFound | None:
+        """The user's quota, cached for QUOTA_CACHE_TTL; None when userli could not say (logged by
+        the userli client once per outage, as an error when the route is missing)."""
         now = self._clock()
         cached = self._quotas.get(identity, now)
         if cached is not None and now < cached.fresh_until:
@@ -116,7 +129,9 @@ class PolicyDecider:
                 self._quotas.put(identity, Entry(outcome, now + self._quota_ttl, now))
             return outcome
         self._metrics.observe_quota_check("error")
-        log.warning("quota lookup failed; letting the message through", extra={"reason": outcome.reason})
+        log.debug(
+            "quota lookup failed; letting the message through", extra={"reason": outcome.reason, "queue_id": queue_id}
+        )
         return None
 
     def _weight(self, attributes: Mapping[str, str]) -> int:

@@ -8,7 +8,8 @@
 4. when userli fails in an outage-like way, the last answer younger than LOOKUP_STALE_TTL stands
    in for it: a positive one, or an alias map's NOTFOUND (see cache.py for why only that one).
 
-Failures are logged when userli starts failing and when it recovers, not once per lookup.
+The userli client logs outages (once, new reasons, recovery); this layer only says, at most once
+a minute, that it is answering from the stale cache, with how many answers it served so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger("adapter.resilience")
 # With Redis, the in-process tier only spares the Redis round trip: it holds an answer this long.
 FIRST_TIER_TTL = 10.0
 BREAKER_OPEN = Failure("userli unavailable")
+STALE_REPORT_INTERVAL = 60.0  # "answering from stale cache" at most this often
 
 
 class ResilientUserli:
@@ -55,8 +57,8 @@ class ResilientUserli:
         self._clock = clock
         self._first_tier_cap = FIRST_TIER_TTL if shared_cache is not None else float("inf")
         self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
-        self._failing: str | None = None  # reason of the outage under way, for transition logs
-        self._stale_served = 0
+        self._stale_served = 0  # since the last "answering from stale cache" line
+        self._stale_reported_at = -STALE_REPORT_INTERVAL
 
     @classmethod
     def from_config(
@@ -140,9 +142,7 @@ class ResilientUserli:
         finally:
             self._breaker.record(not (isinstance(outcome, Failure) and outcome.transient))
         if isinstance(outcome, Failure):
-            self._note_failure(outcome)
             return outcome
-        self._note_success()
         await self._store(cache_key, map_name, key, outcome)
         return outcome
 
@@ -156,25 +156,15 @@ class ResilientUserli:
         if self._redis is not None:
             await self._redis.put(map_name, key, answer)
 
-    # --- outage logging: once when it starts, once when it ends ---------------------------------
-
-    def _note_failure(self, failure: Failure) -> None:
-        if self._failing is None:
-            hint = "" if failure.transient else " (check USERLI_TOKEN, its postfix scope and USERLI_BASE_URL)"
-            log_level = logging.WARNING if failure.transient else logging.ERROR
-            log.log(log_level, f"userli is failing{hint}", extra={"reason": failure.reason})
-        self._failing = failure.reason
-
     def _note_stale(self, failure: Failure) -> None:
-        if self._stale_served == 0:
-            log.warning("answering from stale cache while userli fails", extra={"reason": failure.reason})
         self._stale_served += 1
-
-    def _note_success(self) -> None:
-        if self._failing is not None:
-            log.info("userli recovered", extra={"stale_answers_served": self._stale_served})
-        self._failing = None
-        self._stale_served = 0
+        now = self._clock()
+        if now - self._stale_reported_at >= STALE_REPORT_INTERVAL:
+            log.warning(
+                "answering from stale cache while userli fails",
+                extra={"reason": failure.reason, "stale_answers_served": self._stale_served},
+            )
+            self._stale_reported_at, self._stale_served = now, 0
 
 
 def _breaker_changed(metrics: Metrics) -> Callable[[BreakerState], None]:

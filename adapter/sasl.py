@@ -5,9 +5,16 @@ Postfix answers 535. Anything else (timeout, 5xx, garbage) must become 454, so t
 tries again instead of doubting its password: Postfix (3.7, checked against the real smtpd)
 ignores the ``temp`` flag of a FAIL and answers 535, but answers "454 4.7.0 Temporary
 authentication failure" when the auth connection is lost mid-request. So a temporary failure is
-answered by closing the connection; Postfix reconnects for its next AUTH. Failed attempts
-are answered only after SASL_FAILURE_DELAY, on that connection alone, to slow down guessing.
-Passwords are never logged; usernames only when an authentication fails.
+answered by closing the connection, abortively (a TCP reset): smtpd only notices a dead auth
+connection when a write to it fails, so after a graceful close its next AUTH would go into the
+closed socket and get 454 too; after a reset that write fails at once and smtpd reconnects.
+A token or scope that userli refuses is such a temporary failure, never "wrong password".
+Failed attempts are answered only after SASL_FAILURE_DELAY, on that connection alone, to slow
+down guessing. Passwords are never logged; usernames only when an authentication fails.
+
+Logins are checked as typed (canonical: trimmed, lowercased), without stripping an address
+extension: a login names an account, and ``user+tag@`` is an account of its own when an admin
+created one. (The Go adapter strips the delimiter; see README, "Coming from the Go adapter".)
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import os
 import secrets
 import time
 
-from adapter.keys import canonical, lookup_keys
+from adapter.keys import address_key, canonical
 from adapter.metrics import Metrics
 from adapter.protocols.dovecot_auth import (
     AuthServerConnection,
@@ -63,17 +70,19 @@ class Authenticator:
         return reply
 
     async def _verify(self, request: Verify, started: float) -> bytes | None:
-        login = canonical(request.username)
-        if lookup_keys(login) != (login,) or "@" not in login:  # can never be a userli account
-            return await self._failed(request.request_id, request.mechanism, "authentication failed", login, started)
+        login = address_key(request.username)
+        if login is None:  # can never be a userli account
+            user = canonical(request.username)
+            return await self._failed(request.request_id, request.mechanism, "authentication failed", user, started)
         outcome = await self._userli.authenticate(login, request.password, self._timeout)
         if isinstance(outcome, Authenticated):
             self._metrics.observe_sasl(request.mechanism, "success", time.perf_counter() - started)
             log.debug("authenticated", extra={"user": login, "mechanism": request.mechanism})
             return ok(request.request_id, login)
         if isinstance(outcome, Failure):
+            # Logged by the userli client once per outage (an error when it is the token or scope).
             self._metrics.observe_sasl(request.mechanism, "error", time.perf_counter() - started)
-            log.warning("authentication could not be checked", extra={"reason": outcome.reason})
+            log.debug("authentication could not be checked", extra={"reason": outcome.reason})
             return None
         return await self._failed(request.request_id, request.mechanism, outcome.reason, login, started)
 
@@ -81,7 +90,7 @@ class Authenticator:
         self._metrics.observe_sasl(mechanism, "invalid_credentials", time.perf_counter() - started)
         log.info("authentication failed", extra={"user": user, "mechanism": mechanism, "reason": reason})
         await asyncio.sleep(self._failure_delay)  # only this connection waits
-        return fail(request_id, reason)
+        return fail(request_id, reason, user)
 
 
 class SaslSession:

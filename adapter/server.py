@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Session(Protocol):
 
     def receive(self, data: bytes) -> list[Any]: ...
 
-    async def respond(self, request: Any) -> bytes | None: ...  # None: answer by closing the connection
+    async def respond(self, request: Any) -> bytes | None: ...  # None: answer by resetting the connection
 
     def answer_now(self, request: Any) -> bytes | None: ...  # a reply needing no I/O (cache hit), or None
 
@@ -322,7 +323,7 @@ class _Connection(asyncio.Protocol):
                 reply = await self._session.respond(self._queue.popleft())
                 if reply is None:
                     self._queue.clear()
-                    transport.close()
+                    _reset(transport)
                 if transport.is_closing():
                     break
                 transport.write(reply)
@@ -394,6 +395,17 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self._transport is not None:
             self._transport.abort()
+
+
+def _reset(transport: asyncio.Transport) -> None:
+    """Close with a TCP reset (SO_LINGER 0 s), not a FIN: a client that only learns of a closed
+    connection when it writes (Postfix's auth client) then fails that write at once and
+    reconnects, instead of sending its next request into the dead socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
 
 
 def bound_address(sockets: Sequence[Any], configured: ListenAddress) -> ListenAddress:

@@ -149,6 +149,7 @@ class Service:
                 return json_response(
                     200, {"status": "degraded", "error": outcome.reason, "detail": "answering from the lookup cache"}
                 )
-            return json_response(503, {"status": "unavailable", "error": outcome.reason})
+            body = {"status": "unavailable", "error": outcome.reason}
+            return json_response(503, {**body, "hint": outcome.hint} if outcome.hint else body)
         self.metrics.health_check_status.set(1)
         return json_response(200, {"status": "ready"})

@@ -5,6 +5,14 @@
 * ``Failure``: anything else (timeout, refused, non-200, non-JSON, wrong JSON type).
 
 Handlers never look at HTTP. A failure is never a "no": it becomes TEMP for Postfix.
+
+userli has two kinds of error body (``../shared/reference/userli-api.md``): its controllers'
+own ``{"message": ...}`` answers about a user, and ``{"error": ...}`` from everything in front of
+them -- a token userli does not know (401), a token without the ``postfix`` scope (403), a route
+that does not exist (404). Only the former is ever an answer; the latter is a configuration
+problem of this adapter, reported as such and never turned into "wrong password" or "no such
+user". Every call's outcome goes to a ``FailureLog`` per route family, which logs outages once,
+new reasons when they appear, and recoveries.
 """
 
 from __future__ import annotations
@@ -14,12 +22,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from adapter import __version__
 from adapter.config import Config
+from adapter.failure_log import FailureLog
 from adapter.metrics import Metrics
 from adapter.transport import UserliTransport
 
@@ -49,6 +59,7 @@ READY_PROBE_DOMAIN = "health-check.invalid"
 # gains nothing from hundreds of parallel requests, and the adapter's CPU is better spent
 # answering what it can than juggling calls that wait.
 MAX_IN_FLIGHT = 32  # a cheap lookup that userli can answer from its cache
+QUOTA_UNKNOWN_USER = "User not found"  # the smtp_quota route's own 404 body: {"error": "User not found"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,7 @@ class Failure:
     # True for outage-like failures (timeout, refused, 5xx, garbage): worth a stale answer and
     # counted by the circuit breaker. False for 4xx: a configuration error to surface, not hide.
     transient: bool = True
+    hint: str = ""  # for the operator's log: what to check
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,8 @@ class Refused:
     reason: str  # userli's own words, e.g. "authentication failed", "user disabled due to spam role"
 
 
+_T = TypeVar("_T")
+_INVALID = object()
 AUTHENTICATED = Authenticated()
 Outcome = Found | NotFound | Failure
 NOT_FOUND = NotFound()
@@ -108,6 +122,14 @@ class UserliClient:
         self._metrics = metrics
         self._timeout = timeout
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.lookup_health = FailureLog(log, "userli")
+        self.quota_health = FailureLog(log, "userli's smtp_quota route")
+        self.auth_health = FailureLog(log, "userli's auth route")
+
+    @property
+    def config_error(self) -> str | None:
+        """What userli last said about our configuration (token, scope, route), while it lasts."""
+        return self.lookup_health.config_error or self.auth_health.config_error
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> UserliClient:
@@ -125,15 +147,18 @@ class UserliClient:
         )
         return cls(http, metrics, config.userli_timeout)
 
-    def _request(self, path: str, body: dict[str, str] | None) -> httpx.Request:
+    def _request(self, path: str, body: dict[str, str] | None, timeout: float | None) -> httpx.Request:
         """What ``AsyncClient.get``/``post`` would build, built directly: the client's merging of
-        URL, headers and cookies cost a fifth of a userli call's CPU (bench/README)."""
+        URL, headers and cookies cost a fifth of a userli call's CPU (bench/README). A call with a
+        deadline of its own (a login: SASL_TIMEOUT) gets HTTP timeouts of that length too, so
+        each setting bounds what it names."""
+        timeouts = self._timeouts if timeout is None else httpx.Timeout(timeout).as_dict()
         return httpx.Request(
             "GET" if body is None else "POST",
             self._base_url + path,
             headers=self._http.headers,
             json=body,
-            extensions={"timeout": self._timeouts},
+            extensions={"timeout": timeouts},
         )
 
     async def aclose(self) -> None:
@@ -146,23 +171,31 @@ class UserliClient:
         """``GET /api/postfix/{map_name}/{key}``; ``key`` must already be canonical."""
         response = await self._get(map_name, key, timeout)
         if isinstance(response, Failure):
-            return response
-        if response.status_code != 200:
-            return _status_failure(response.status_code)
-        return _decode(map_name, response.content)
+            outcome: Outcome = response
+        elif response.status_code != 200:
+            outcome = _error_status(response, "postfix")
+        else:
+            outcome = _decode(map_name, response.content)
+        return _noted(self.lookup_health, outcome)
 
     async def quota(self, email: str) -> Quota | NotFound | Failure:
-        """``GET /api/postfix/smtp_quota/{email}``: per-user sending limits; 404 means no such user."""
+        """``GET /api/postfix/smtp_quota/{email}``: per-user sending limits. Only userli's own
+        404 ``{"error":"User not found"}`` means no such user; any other 404 means the route is
+        missing (userli older than 6.2.0, a wrong path prefix)."""
+        return _noted(self.quota_health, await self._quota(email))
+
+    async def _quota(self, email: str) -> Quota | NotFound | Failure:
         response = await self._get("smtp_quota", email)
         if isinstance(response, Failure):
             return response
         if response.status_code == 404:
-            return NOT_FOUND
+            if _json(response.content) == {"error": QUOTA_UNKNOWN_USER}:
+                return NOT_FOUND
+            return Failure("userli has no smtp_quota route", transient=False, hint=ROUTE_HINTS["smtp_quota"])
         if response.status_code != 200:
-            return _status_failure(response.status_code)
-        try:
-            data = json.loads(response.content)
-        except ValueError:
+            return _error_status(response, "postfix")
+        data = _json(response.content, None)
+        if data is None:
             return Failure("userli sent invalid JSON")
         limits = [data.get(name) if isinstance(data, dict) else None for name in ("per_hour", "per_day")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in limits):
@@ -173,22 +206,25 @@ class UserliClient:
         return await self.lookup("domain", READY_PROBE_DOMAIN, timeout=timeout)
 
     async def authenticate(self, email: str, password: str, timeout: float) -> Authenticated | Refused | Failure:
-        """``POST /api/postfix/auth``. Fail-closed: only a 200 saying "success" is a success."""
+        """``POST /api/postfix/auth``. Fail-closed: only a 200 saying "success" is a success, and
+        only userli's own ``{"message": ...}`` 401/403 answers are a refusal; a 401/403 with an
+        ``error`` body is our token's problem, not the user's password."""
+        return _noted(self.auth_health, await self._authenticate(email, password, timeout))
+
+    async def _authenticate(self, email: str, password: str, timeout: float) -> Authenticated | Refused | Failure:
         response = await self._send("auth", "/api/postfix/auth", timeout, {"email": email, "password": password})
         if isinstance(response, Failure):
             return response
         status = response.status_code
-        try:
-            body = json.loads(response.content)
-        except ValueError:
-            body = None
-        message = body.get("message") if isinstance(body, dict) else None
+        body = _json(response.content, None)
+        message = body.get("message") if isinstance(body, dict) and "error" not in body else None
         if status == 200:
             return AUTHENTICATED if message == "success" else Failure("userli sent unexpected data")
-        if status in (401, 403, 422):  # wrong password or unknown user; disabled user; invalid input
-            reason = message if isinstance(message, str) and message.isprintable() else "authentication failed"
-            return Refused(reason[:200])
-        return _status_failure(status)
+        if status in (401, 403) and isinstance(message, str):  # wrong password or unknown user; disabled user
+            return Refused(message[:200] if message.isprintable() and message else "authentication failed")
+        if status == 404:
+            return Failure("userli has no auth route", transient=False, hint=ROUTE_HINTS["auth"])
+        return _error_status(response, "postfix")
 
     async def _get(self, endpoint: str, key: str, timeout: float | None = None) -> httpx.Response | Failure:
         # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
@@ -203,7 +239,7 @@ class UserliClient:
         status: int | None = None
         try:
             async with asyncio.timeout(timeout or self._timeout), self._in_flight:
-                response = await self._http.send(self._request(path, body))
+                response = await self._http.send(self._request(path, body, timeout))
             status = response.status_code
             return response
         except (TimeoutError, httpx.TimeoutException):
@@ -219,15 +255,49 @@ def _transport_failure(endpoint: str, reason: str, error: str = "") -> Failure:
     return Failure(reason)
 
 
-def _status_failure(status: int) -> Failure:
+TOKEN_HINT = "check USERLI_TOKEN (or USERLI_TOKEN_FILE): userli does not know this token"
+ROUTE_HINTS = {
+    "lookup": "check USERLI_BASE_URL: userli has no such route there",
+    "smtp_quota": "sending quotas need userli 6.2.0 or newer (and a correct USERLI_BASE_URL); "
+    "until then messages are not rate-limited",
+    "auth": "SMTP AUTH needs userli 6.9.0 or newer (and a correct USERLI_BASE_URL)",
+}
+
+
+def _noted(health: FailureLog, outcome: _T) -> _T:
+    if isinstance(outcome, Failure):
+        health.failed(outcome.reason, config_error=not outcome.transient, hint=outcome.hint)
+    else:
+        health.answered()
+    return outcome
+
+
+def _error_status(response: httpx.Response, scope: str) -> Failure:
+    """A non-200 status that is not an answer: a token or scope problem, a missing route, an outage."""
+    status = response.status_code
+    if status == 401:
+        return Failure("userli rejected the API token", transient=False, hint=TOKEN_HINT)
+    if status == 403:
+        hint = f"give the token the {scope} scope: bin/console app:api-token:create --scopes {scope}"
+        if "scope" in str(_json(response.content)).lower():
+            return Failure(f"userli API token lacks the {scope} scope", transient=False, hint=hint)
+        return Failure("userli refused the API token (403)", transient=False, hint=hint)
+    if status == 404:
+        return Failure("userli has no such route", transient=False, hint=ROUTE_HINTS["lookup"])
     log.debug("userli answered an error status", extra={"status": status})
     return Failure(f"userli status {status}", transient=status >= 500)
 
 
-def _decode(map_name: str, body: bytes) -> Outcome:
+def _json(content: bytes, default: object = "") -> object:
     try:
-        data = json.loads(body)
+        return json.loads(content)
     except ValueError:
+        return default
+
+
+def _decode(map_name: str, body: bytes) -> Outcome:
+    data = _json(body, _INVALID)
+    if data is _INVALID:
         return Failure("userli sent invalid JSON")
     if map_name in BOOL_MAPS:
         if data is True:

@@ -72,13 +72,25 @@ def test_policy_settings() -> None:
     assert (config.policy_socket_mode, config.policy_idle_timeout, config.quota_cache_ttl) == (0o600, 600.0, 0.0)
     assert (config.rate_limit_count, config.rate_limit_action) == ("recipients", "DEFER_IF_PERMIT")
     assert config.rate_limit_message == "Too much mail from you today"
-    assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": ""}).policy_address is None
+    # As in the Go adapter, empty means the default; "off" turns the policy server off.
+    assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": ""}).policy_address == ListenAddress(
+        port=10003
+    )
+    assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": "off"}).policy_address is None
+    assert Config.from_env({"USERLI_TOKEN": "abc", "POLICY_LISTEN_ADDR": " OFF "}).policy_address is None
+    assert defaults.rate_limit_senders == "all"
+    authenticated = Config.from_env({"USERLI_TOKEN": "abc", "RATE_LIMIT_SENDERS": "Authenticated"})
+    assert authenticated.rate_limit_senders == "authenticated"
 
 
 def test_sasl_settings() -> None:
     defaults = Config.from_env({"USERLI_TOKEN": "abc"})
     assert defaults.sasl_address is None
-    assert (defaults.sasl_socket_mode, defaults.sasl_timeout, defaults.sasl_failure_delay) == (0o660, 5.0, 2.0)
+    # Without an owner or group the socket is 0666, as the Go adapter makes it, so that a Go
+    # user's SASL_LISTEN_ADDR=/var/spool/postfix/private/auth keeps working for Postfix.
+    assert (defaults.sasl_socket_mode, defaults.sasl_timeout, defaults.sasl_failure_delay) == (0o666, 5.0, 2.0)
+    assert Config.from_env({"USERLI_TOKEN": "abc", "SASL_SOCKET_GROUP": "0"}).sasl_socket_mode == 0o660
+    assert Config.from_env({"USERLI_TOKEN": "abc", "SASL_LISTEN_ADDR": "off"}).sasl_address is None
     config = Config.from_env(
         {
             "USERLI_TOKEN": "abc",
@@ -99,6 +111,13 @@ def test_sasl_settings() -> None:
 def test_credentials_in_the_userli_url_are_not_logged() -> None:
     config = Config.from_env({"USERLI_TOKEN": "abc", "USERLI_BASE_URL": "https://user:pa55@userli.example.org"})
     assert "pa55" not in str(config.summary())
+
+
+@pytest.mark.parametrize(
+    ("zap", "level"), [("dpanic", "error"), ("panic", "error"), ("fatal", "error"), ("warn", "warning")]
+)
+def test_go_log_levels_are_accepted(zap: str, level: str) -> None:
+    assert Config.from_env({"USERLI_TOKEN": "abc", "LOG_LEVEL": zap}).log_level == level
 
 
 def test_everything_set() -> None:
@@ -190,6 +209,7 @@ def test_token_never_in_repr_or_summary() -> None:
         ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "two\nlines"}, "RATE_LIMIT_MESSAGE"),
         ({"USERLI_TOKEN": "a", "RATE_LIMIT_MESSAGE": "x" * 201}, "RATE_LIMIT_MESSAGE"),
         ({"USERLI_TOKEN": "a", "SASL_LISTEN_ADDR": "auth"}, "SASL_LISTEN_ADDR"),
+        ({"USERLI_TOKEN": "a", "RATE_LIMIT_SENDERS": "sasl"}, "RATE_LIMIT_SENDERS"),
         ({"USERLI_TOKEN": "a", "SASL_SOCKET_OWNER": "no-such-user-here"}, "SASL_SOCKET_OWNER"),
         ({"USERLI_TOKEN": "a", "SASL_SOCKET_GROUP": "no-such-group-here"}, "SASL_SOCKET_GROUP"),
         ({"USERLI_TOKEN": "a", "SASL_TIMEOUT": "12s"}, "SASL_TIMEOUT"),  # over Postfix's 10 s
@@ -205,7 +225,21 @@ def test_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"), [("500ms", 0.5), ("5s", 5), ("2m", 120), ("1h", 3600), ("1m30s", 90), ("30", 30), ("2.5", 2.5)]
+    ("text", "seconds"),
+    [
+        ("500ms", 0.5),
+        ("5s", 5),
+        ("2m", 120),
+        ("1h", 3600),
+        ("1m30s", 90),
+        ("30", 30),
+        ("2.5", 2.5),
+        # Go's time.ParseDuration units, as a Go adapter's environment may have them
+        ("1500000us", 1.5),
+        ("1500000µs", 1.5),
+        ("2000000000ns", 2.0),
+        ("1h0m0s", 3600),
+    ],
 )
 def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
@@ -219,6 +253,8 @@ def test_parse_duration(text: str, seconds: float) -> None:
         ("localhost:0", ListenAddress(host="localhost", port=0)),
         ("[::1]:10001", ListenAddress(host="::1", port=10001)),
         ("/var/spool/postfix/private/userli", ListenAddress(path="/var/spool/postfix/private/userli")),
+        ("run/socketmap.sock", ListenAddress(path="run/socketmap.sock")),  # the Go adapter's rule
+        ("adapter.sock", ListenAddress(path="adapter.sock")),
     ],
 )
 def test_parse_listen_address(text: str, address: ListenAddress) -> None:

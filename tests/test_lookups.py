@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -31,7 +32,7 @@ def answer(payload: bytes, delimiters: str = "") -> tuple[bytes, Metrics]:
 
 
 def url(map_name: str, key: str) -> str:
-    return f"{BASE}/api/postfix/{map_name}/{key}"
+    return f"{BASE}/api/postfix/{map_name}/{quote(key, safe='@')}"
 
 
 @pytest.mark.parametrize(
@@ -53,8 +54,20 @@ def url(map_name: str, key: str) -> str:
         (b"mailbox a@example.org", "mailbox", 200, False, netstring(b"NOTFOUND ")),
         (b"mailbox a@example.org", "mailbox", 500, {"error": "x"}, netstring(b"TEMP userli status 500")),
         (b"mailbox a@example.org", "mailbox", 500, False, netstring(b"TEMP userli status 500")),
-        (b"alias a@example.org", "alias", 401, {"error": "x"}, netstring(b"TEMP userli status 401")),
-        (b"alias a@example.org", "alias", 403, {"error": "x"}, netstring(b"TEMP userli status 403")),
+        (
+            b"alias a@example.org",
+            "alias",
+            401,
+            {"error": "Invalid API token"},
+            netstring(b"TEMP userli rejected the API token"),
+        ),
+        (
+            b"alias a@example.org",
+            "alias",
+            403,
+            {"error": {"message": "Token does not have required scope: postfix", "code": 0}},
+            netstring(b"TEMP userli API token lacks the postfix scope"),
+        ),
         (b"alias a@example.org", "alias", 200, False, netstring(b"TEMP userli sent unexpected data")),
         (b"domain example.org", "domain", 200, [], netstring(b"TEMP userli sent unexpected data")),
     ],
@@ -105,7 +118,7 @@ def test_unknown_map_label_is_fixed() -> None:
 
 
 @pytest.mark.parametrize(
-    "key", [b"", b" ", b"*", b"a@b@example.org", b"x@[192.0.2.1]", b'"a b"@example.org', b"a/b@x.org", b".", b".."]
+    "key", [b"", b" ", b"*", b"a@b@example.org", b"x@[192.0.2.1]", b'"a/b"@example.org', b"a/b@x.org", b".", b".."]
 )
 def test_impossible_keys_are_notfound_without_http(key: bytes) -> None:
     assert answer(b"alias " + key)[0] == netstring(b"NOTFOUND ")
@@ -144,10 +157,22 @@ def test_extension_falls_back_to_the_stripped_address(httpx_mock: HTTPXMock) -> 
     ]
 
 
-def test_extension_invalid_in_full_goes_straight_to_stripped(httpx_mock: HTTPXMock) -> None:
+def test_extension_is_asked_in_full_first_then_stripped(httpx_mock: HTTPXMock) -> None:
+    httpx_mock.add_response(url=url("mailbox", "user+tag@example.org"), json=False)
     httpx_mock.add_response(url=url("mailbox", "user@example.org"), json=True)
     assert answer(b"mailbox user+tag@example.org", delimiters="+")[0] == netstring(b"OK 1")
-    assert len(httpx_mock.get_requests()) == 1
+    assert [r.url.raw_path for r in httpx_mock.get_requests()] == [
+        b"/api/postfix/mailbox/user%2Btag@example.org",
+        b"/api/postfix/mailbox/user@example.org",
+    ]
+
+
+@pytest.mark.parametrize("delimiters", ["", "+"])
+def test_admin_created_address_is_asked_not_refused(httpx_mock: HTTPXMock, delimiters: str) -> None:
+    """userli's admin form allows local parts its registration form does not (userli-api.md)."""
+    httpx_mock.add_response(url=url("mailbox", "first+last@example.org"), json=True)
+    assert answer(b"mailbox First+Last@example.org", delimiters=delimiters)[0] == netstring(b"OK 1")
+    assert len(httpx_mock.get_requests()) == 1  # found in full: the stripped form is not asked
 
 
 def test_no_fallback_after_a_failure(httpx_mock: HTTPXMock) -> None:

@@ -32,8 +32,8 @@ def test_two_adapters_share_one_redis(
         assert client.query("alias", "team@example.org") == "OK user@example.org,other@example.org"
     assert userli.paths().count("/api/postfix/alias/team@example.org") == 1  # the second came from Redis
     shared = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    assert shared.get("userli:lookup:alias:team@example.org") == "OK user@example.org,other@example.org"
-    assert 86_000 < shared.ttl("userli:lookup:alias:team@example.org") <= 86_400  # kept for the stale window
+    assert shared.get("userli:pyadapter:lookup:alias:team@example.org") == "OK user@example.org,other@example.org"
+    assert 86_000 < shared.ttl("userli:pyadapter:lookup:alias:team@example.org") <= 86_400  # kept for the stale window
 
 
 def test_redis_killed_mid_test_lookups_still_answer(

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import replace
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -15,7 +17,7 @@ from pytest_httpx import HTTPXMock
 from adapter.config import Config
 from adapter.lookups import MAP_NAMES
 from adapter.metrics import Metrics
-from adapter.policy import PolicyDecider, identity_of
+from adapter.policy import PolicyDecider, identity_candidates
 from adapter.ratelimit import Decision, MemoryRateLimiter, RateLimitError
 from adapter.userli import ENDPOINTS, Quota, UserliClient
 
@@ -55,21 +57,71 @@ def test_only_end_of_message_is_checked(state: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("attributes", "identity"),
+    ("attributes", "candidates"),
     [
-        ({"sasl_username": "User@Example.org", "sender": "other@example.org"}, "user@example.org"),
-        ({"sasl_username": "", "sender": "Sender@Example.org"}, "sender@example.org"),
-        ({"sender": "user+tag@example.org"}, "user@example.org"),  # extension stripped: one quota
-        ({"sender": "user-tag@example.org"}, "user@example.org"),
-        ({"sender": ""}, None),  # bounces have the null sender
-        ({}, None),
-        ({"sender": "not an address"}, None),
-        ({"sasl_username": "localuser"}, None),
-        ({"sender": "a@b@example.org"}, None),
+        ({"sasl_username": "User@Example.org", "sender": "other@example.org"}, ("user@example.org",)),
+        ({"sasl_username": "", "sender": "Sender@Example.org"}, ("sender@example.org",)),
+        # Postfix's semantics: the full address first, userli decides (john-doe@ may be a user)
+        ({"sender": "user+tag@example.org"}, ("user+tag@example.org", "user@example.org")),
+        ({"sender": "john-doe@example.org"}, ("john-doe@example.org", "john@example.org")),
+        ({"sender": '"user"@example.org'}, ("user@example.org",)),  # quoting changes nothing
+        ({"sender": ""}, ()),  # bounces have the null sender
+        ({}, ()),
+        ({"sender": "not an address"}, ()),
+        ({"sasl_username": "localuser"}, ()),
+        ({"sender": "a@b@example.org"}, ()),
     ],
 )
-def test_identity(attributes: dict[str, str], identity: str | None) -> None:
-    assert identity_of(attributes, "+-") == identity
+def test_identity_candidates(attributes: dict[str, str], candidates: tuple[str, ...]) -> None:
+    assert identity_candidates(attributes, "+-") == candidates
+
+
+def test_authenticated_only_ignores_the_envelope_sender() -> None:
+    assert identity_candidates({"sender": "user@example.org"}, "", authenticated_only=True) == ()
+    assert identity_candidates({"sasl_username": "u@example.org"}, "", authenticated_only=True) == ("u@example.org",)
+    actions, metrics = decide([EOM], config(rate_limit_senders="authenticated"))  # no HTTP call allowed
+    assert actions == ["DUNNO"]
+    assert sample(metrics, "quota_checks_total", {"result": "no_identity"}) == 1
+
+
+def quota_url(address: str) -> str:
+    return f"{BASE}/api/postfix/smtp_quota/{quote(address, safe='@')}"
+
+
+def test_a_user_whose_name_contains_the_delimiter_counts_as_itself(httpx_mock: HTTPXMock) -> None:
+    """With POSTFIX_RECIPIENT_DELIMITER=-, john-doe@ must not share (or use up) john@'s quota."""
+    httpx_mock.add_response(url=quota_url("john-doe@example.org"), json={"per_hour": 1, "per_day": 0})
+    sender = {**EOM, "sender": "john-doe@example.org"}
+    actions, _ = decide([sender, sender], config(recipient_delimiter="-"))
+    assert actions == ["DUNNO", "REJECT Rate limit exceeded, please try again later"]
+    assert {r.url.path for r in httpx_mock.get_requests()} == {"/api/postfix/smtp_quota/john-doe@example.org"}
+
+
+def test_an_extension_counts_against_the_user(httpx_mock: HTTPXMock) -> None:
+    """quota+1@ and quota+2@ are quota@ with a delimiter of +: one quota, not an escape from it."""
+    httpx_mock.add_response(url=quota_url("quota+1@example.org"), status_code=404, json={"error": "User not found"})
+    httpx_mock.add_response(url=quota_url("quota+2@example.org"), status_code=404, json={"error": "User not found"})
+    httpx_mock.add_response(url=quota_url("quota@example.org"), json={"per_hour": 3, "per_day": 0})
+    senders = [{**EOM, "sender": f"quota+{1 + i % 2}@example.org"} for i in range(6)]
+    actions, metrics = decide(senders, config(recipient_delimiter="+"))
+    assert actions == ["DUNNO"] * 3 + ["REJECT Rate limit exceeded, please try again later"] * 3
+    assert sample(metrics, "quota_checks_total", {"result": "no_identity"}) == 0
+
+
+def test_an_admin_created_plus_address_is_asked_about_without_a_delimiter(httpx_mock: HTTPXMock) -> None:
+    """Without a delimiter quota+x@ is an address of its own: userli is asked, never "no identity"."""
+    httpx_mock.add_response(url=quota_url("quota+x@example.org"), json={"per_hour": 3, "per_day": 0})
+    actions, metrics = decide([{**EOM, "sender": "quota+x@example.org"}] * 6)
+    assert actions == ["DUNNO"] * 3 + ["REJECT Rate limit exceeded, please try again later"] * 3
+    assert sample(metrics, "quota_checks_total", {"result": "no_identity"}) == 0
+
+
+def test_queue_id_is_in_the_log_line(httpx_mock: HTTPXMock, caplog: pytest.LogCaptureFixture) -> None:
+    httpx_mock.add_response(url=QUOTA_URL, json={"per_hour": 1, "per_day": 0})
+    with caplog.at_level(logging.INFO, logger="adapter.policy"):
+        decide([{**EOM, "queue_id": "4ABC123"}] * 2)
+    exceeded = next(r for r in caplog.records if r.getMessage() == "sending quota exceeded")
+    assert exceeded.queue_id == "4ABC123"
 
 
 def test_no_identity_is_dunno_without_asking_userli() -> None:
@@ -141,10 +193,33 @@ def test_unknown_user_is_dunno(httpx_mock: HTTPXMock) -> None:
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"message": 'No route found for "GET /api/postfix/smtp_quota/user@example.org"', "code": 404}},
+        {"error": "Not Found"},
+        "<html>404</html>",
+    ],
+)
+def test_a_missing_quota_route_is_an_error_logged_once(
+    httpx_mock: HTTPXMock, caplog: pytest.LogCaptureFixture, body: Any
+) -> None:
+    """userli older than 6.2.0, or a wrong path prefix: rate limiting is off, and the operator is told."""
+    httpx_mock.add_response(url=QUOTA_URL, status_code=404, json=body, is_reusable=True)
+    with caplog.at_level(logging.INFO):
+        actions, metrics = decide([EOM] * 5)
+    assert actions == ["DUNNO"] * 5  # fail open, as before
+    assert sample(metrics, "quota_checks_total", {"result": "error"}) == 5
+    assert sample(metrics, "quota_checks_total", {"result": "unknown_user"}) == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].reason == "userli has no smtp_quota route" and "6.2.0" in errors[0].hint
+
+
+@pytest.mark.parametrize(
     "answer",
     [
         {"status_code": 500, "json": {"error": "x"}},
-        {"status_code": 401, "json": {"error": "x"}},
+        {"status_code": 401, "json": {"error": "Invalid API token"}},
+        {"status_code": 403, "json": {"error": {"message": "Token does not have required scope: postfix"}}},
         {"status_code": 200, "content": b"<html>"},
         {"status_code": 200, "json": {"per_hour": "ten", "per_day": 0}},
         {"status_code": 200, "json": {"per_hour": -1, "per_day": 0}},

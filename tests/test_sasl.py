@@ -59,18 +59,43 @@ def test_success_answers_ok_with_the_canonical_address(httpx_mock: HTTPXMock) ->
 @pytest.mark.parametrize(
     ("status", "body", "reply"),
     [
-        (401, {"message": "authentication failed"}, b"FAIL\t1\treason=authentication failed\n"),
-        (403, {"message": "user disabled due to spam role"}, b"FAIL\t1\treason=user disabled due to spam role\n"),
-        (403, {"message": "user password change required"}, b"FAIL\t1\treason=user password change required\n"),
-        (422, {"detail": "invalid"}, b"FAIL\t1\treason=authentication failed\n"),
-        (401, {"message": "tab\there"}, b"FAIL\t1\treason=authentication failed\n"),  # not printable: replaced
+        (401, {"message": "authentication failed"}, b"FAIL\t1\treason=authentication failed\tuser=user@example.org\n"),
+        (403, {"message": "user disabled due to spam role"}, b"FAIL\t1\treason=user disabled due to spam role\t"),
+        (403, {"message": "user password change required"}, b"FAIL\t1\treason=user password change required\t"),
+        (401, {"message": "tab\there"}, b"FAIL\t1\treason=authentication failed\t"),  # not printable: replaced
     ],
 )
 def test_refusals_are_permanent_failures(httpx_mock: HTTPXMock, status: int, body: Any, reply: bytes) -> None:
     httpx_mock.add_response(url=AUTH_URL, method="POST", status_code=status, json=body)
     replies, metrics = answer([verify(mechanism="LOGIN")])
-    assert replies == [reply]
+    assert replies[0] is not None and replies[0].startswith(reply)
+    assert replies[0].endswith(b"\tuser=user@example.org\n")  # Postfix logs it as sasl_username
     assert auth_total(metrics, "LOGIN", "invalid_credentials") == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "logged"),
+    [
+        (401, {"error": "Invalid API token"}, "userli rejected the API token"),
+        (401, {"error": "No API token provided"}, "userli rejected the API token"),
+        (403, {"error": {"message": "Token does not have required scope: postfix", "code": 0}}, "lacks the postfix"),
+        (404, {"error": {"message": "No route found", "code": 404}}, "userli has no auth route"),
+    ],
+)
+def test_token_and_scope_errors_are_temporary_never_wrong_password(
+    httpx_mock: HTTPXMock, caplog: pytest.LogCaptureFixture, status: int, body: Any, logged: str
+) -> None:
+    """userli's error bodies are about the adapter's token, not the user's password: 454, not 535."""
+    for _ in range(3):
+        httpx_mock.add_response(url=AUTH_URL, method="POST", status_code=status, json=body)
+    with caplog.at_level(logging.INFO):
+        replies, metrics = answer([verify()] * 3, failure_delay=5.0)  # no failure delay either
+    assert replies == [TEMP] * 3
+    assert auth_total(metrics, "PLAIN", "error") == 3
+    assert auth_total(metrics, "PLAIN", "invalid_credentials") == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and logged in errors[0].reason and errors[0].hint  # once, naming the cause
+    assert not [r for r in caplog.records if r.getMessage() == "authentication failed"]
 
 
 @pytest.mark.parametrize(
@@ -79,6 +104,9 @@ def test_refusals_are_permanent_failures(httpx_mock: HTTPXMock, status: int, bod
         {"status_code": 500, "json": {"error": "x"}},
         {"status_code": 502, "content": b"<html>bad gateway</html>"},
         {"status_code": 404, "json": {"error": "no route"}},  # wrong base URL: not the user's fault
+        {"status_code": 422, "json": {"error": {"message": "email: This value should not be blank."}}},
+        {"status_code": 400, "json": {"error": {"message": "Invalid JSON"}}},
+        {"status_code": 401, "json": {"message": "authentication failed", "error": "x"}},  # not a controller body
         {"status_code": 200, "content": b"<html>maintenance</html>"},  # fail-closed: no OK without "success"
         {"status_code": 200, "json": {"message": "nope"}},
         {"status_code": 200, "json": ["success"]},
@@ -111,12 +139,26 @@ def test_deadline_well_inside_postfix_timeout(httpx_mock: HTTPXMock) -> None:
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize(
-    "user", ["", "nobody", "a@b@example.org", "user@[192.0.2.1]", "Üser@example.org", "u/x@example.org"]
-)
+@pytest.mark.parametrize("user", ["nobody", "a@b@example.org", "user@[192.0.2.1]", "u/x@example.org"])
 def test_impossible_logins_fail_without_asking_userli(user: str) -> None:
     replies, _ = answer([verify(user=user)])
-    assert replies == [b"FAIL\t1\treason=authentication failed\n"]
+    assert replies == [f"FAIL\t1\treason=authentication failed\tuser={user.lower()}\n".encode()]
+
+
+@pytest.mark.parametrize(
+    ("typed", "asked"),
+    [
+        ("First+Last@Example.org", "first+last@example.org"),  # admin-created: asked as typed
+        ("user+tag@example.org", "user+tag@example.org"),  # never stripped: a login names an account
+        ('"john"@example.org', "john@example.org"),
+        ("Üser@example.org", "üser@example.org"),
+    ],
+)
+def test_every_valid_address_is_asked(httpx_mock: HTTPXMock, typed: str, asked: str) -> None:
+    httpx_mock.add_response(url=AUTH_URL, method="POST", json={"message": "success"})
+    replies, _ = answer([verify(user=typed)])
+    assert replies == [f"OK\t1\tuser={asked}\n".encode()]
+    assert json.loads(httpx_mock.get_requests()[0].content)["email"] == asked
 
 
 def test_protocol_rejections_are_counted_and_failed() -> None:

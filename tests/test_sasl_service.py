@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import grp
+import json
 import os
 import pwd
 import socket
 import stat
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -74,8 +78,11 @@ def test_handshake_and_both_mechanisms(start_adapter: StartAdapter) -> None:
     assert commands == ["VERSION", "MECH", "MECH", "SPID", "CUID", "COOKIE", "DONE"]
     assert client.plain(1, "User@Example.org", "correct horse") == "OK\t1\tuser=user@example.org"
     assert client.login(2, "user@example.org", "correct horse") == "OK\t2\tuser=user@example.org"
-    assert client.plain(3, "user@example.org", "wrong") == "FAIL\t3\treason=authentication failed"
-    assert client.plain(4, "spammer@example.org", "pw") == "FAIL\t4\treason=user disabled due to spam role"
+    wrong = client.plain(3, "user@example.org", "wrong")
+    assert wrong == "FAIL\t3\treason=authentication failed\tuser=user@example.org"
+    assert client.plain(4, "spammer@example.org", "pw") == (
+        "FAIL\t4\treason=user disabled due to spam role\tuser=spammer@example.org"
+    )
     assert client.plain(5, "other@example.org", "tab\tand\\ back") == "OK\t5\tuser=other@example.org"
     client.close()
     assert metric(adapter.http_url, 'userli_postfix_adapter_sasl_auth_total{mechanism="PLAIN",result="success"}') == 2
@@ -94,6 +101,67 @@ def test_userli_down_closes_the_connection_without_an_answer(start_adapter: Star
     again.close()
 
 
+def test_temporary_failure_resets_so_the_next_write_fails_at_once(
+    start_adapter: StartAdapter, userli: UserliStub
+) -> None:
+    """smtpd only notices a dead auth connection when a write fails: after a graceful close its
+    next AUTH would go into the dead socket and get 454 again although userli is back."""
+    adapter = start_adapter(sasl_address=TCP)
+    userli.behaviour = lambda endpoint, key: (500, b'{"error":{"message":"boom"}}')
+    client = AuthClient(sasl_port(adapter))
+    with pytest.raises(ConnectionResetError):  # a reset, not an end of file
+        client.plain(1, "user@example.org", "correct horse")
+    with pytest.raises(OSError):  # what Postfix's next AUTH write meets: it reconnects
+        client.sock.sendall(b"AUTH\t2\tPLAIN\tservice=smtp\n")
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"), [("wrong-token", "userli rejected the API token"), (None, "lacks the postfix scope")]
+)
+def test_token_or_scope_error_is_temporary_and_makes_the_adapter_unready(
+    start_adapter: StartAdapter, userli: UserliStub, token: str | None, reason: str
+) -> None:
+    if token is None:  # a known token without the postfix scope
+        scope_error = (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}')
+        userli.behaviour = lambda endpoint, key: scope_error
+    else:
+        userli.token = token
+    adapter = start_adapter(sasl_address=TCP, sasl_failure_delay=0)
+    client = AuthClient(sasl_port(adapter))
+    with pytest.raises(ConnectionError):  # never "FAIL ... authentication failed": that is 535
+        client.plain(1, "user@example.org", "correct horse")
+    client.close()
+    assert metric(adapter.http_url, 'userli_postfix_adapter_sasl_auth_total{mechanism="PLAIN",result="error"}') == 1
+    invalid = 'userli_postfix_adapter_sasl_auth_total{mechanism="PLAIN",result="invalid_credentials"}'
+    assert metric(adapter.http_url, invalid) == 0
+    with pytest.raises(urllib.error.HTTPError) as ready:
+        urllib.request.urlopen(adapter.http_url + "/ready", timeout=10)
+    assert ready.value.code == 503 and reason in json.loads(ready.value.read())["error"]
+
+
+def test_sasl_timeout_is_not_capped_by_userli_timeout(start_adapter: StartAdapter, userli: UserliStub) -> None:
+    adapter = start_adapter(sasl_address=TCP, userli_timeout=0.3, sasl_timeout=3.0)
+    userli.delay = 1.0  # slower than USERLI_TIMEOUT, well within SASL_TIMEOUT
+    client = AuthClient(sasl_port(adapter))
+    assert client.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
+    client.close()
+
+
+@pytest.mark.parametrize("hello", [b"", b"VERSION\t1\t0\n"])  # no VERSION; VERSION without CPID
+def test_auth_before_the_client_handshake_is_not_answered(start_adapter: StartAdapter, hello: bytes) -> None:
+    adapter = start_adapter(sasl_address=TCP)
+    sock = socket.create_connection(("127.0.0.1", sasl_port(adapter)), timeout=5)
+    response = base64.b64encode(b"\0user@example.org\0correct horse").decode()
+    sock.sendall(hello + f"AUTH\t1\tPLAIN\tservice=smtp\tresp={response}\n".encode())
+    data = b""
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(4096):
+            data += chunk
+    assert data.endswith(b"DONE\n")  # the handshake, then the close: like Dovecot, no answer
+    sock.close()
+
+
 def test_failure_delay_does_not_block_other_connections(start_adapter: StartAdapter) -> None:
     adapter = start_adapter(sasl_address=TCP, sasl_failure_delay=1.5)
     slow, fast = AuthClient(sasl_port(adapter)), AuthClient(sasl_port(adapter))
@@ -107,7 +175,7 @@ def test_failure_delay_does_not_block_other_connections(start_adapter: StartAdap
     assert fast.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
     answered = time.monotonic()
     guesser.join(10)
-    assert failed[0][0] == "FAIL\t1\treason=authentication failed"
+    assert failed[0][0] == "FAIL\t1\treason=authentication failed\tuser=user@example.org"
     assert answered < failed[0][1]  # the good login was answered while the guess was held back
     assert failed[0][1] - started >= 1.5
 

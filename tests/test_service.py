@@ -4,6 +4,7 @@ stand-in for userli, and /metrics, /health, /ready over real HTTP."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -136,21 +137,40 @@ def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> 
     answers = {
         "s500@example.org": (500, b'{"error":"boom"}'),
         "s401@example.org": (401, b'{"error":"Invalid API token"}'),
+        "s403@example.org": (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}'),
         "html@example.org": (200, b"<html>maintenance</html>"),
         "wrong@example.org": (200, b'{"error":"x"}'),
     }
     userli.behaviour = lambda map_name, key: answers.get(key)
     with SocketmapClient(adapter.socketmap_port) as client:
         assert client.query("mailbox", "s500@example.org") == "TEMP userli status 500"
-        assert client.query("mailbox", "s401@example.org") == "TEMP userli status 401"
+        assert client.query("mailbox", "s401@example.org") == "TEMP userli rejected the API token"
+        assert client.query("mailbox", "s403@example.org") == "TEMP userli API token lacks the postfix scope"
         assert client.query("mailbox", "html@example.org") == "TEMP userli sent invalid JSON"
         assert client.query("alias", "wrong@example.org") == "TEMP userli sent unexpected data"
 
 
-def test_wrong_token_is_temp(start_adapter: StartAdapter) -> None:
+def test_wrong_token_is_temp_and_logged_as_a_token_error(
+    start_adapter: StartAdapter, caplog: pytest.LogCaptureFixture
+) -> None:
     running = start_adapter(userli_token="wrong-token")
-    with SocketmapClient(running.socketmap_port) as client:
-        assert client.query("mailbox", "user@example.org") == "TEMP userli status 401"
+    with caplog.at_level(logging.INFO, logger="adapter"), SocketmapClient(running.socketmap_port) as client:
+        for _ in range(5):
+            assert client.query("mailbox", "user@example.org") == "TEMP userli rejected the API token"
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].reason == "userli rejected the API token" and "USERLI_TOKEN" in errors[0].hint
+    assert "wrong-token" not in caplog.text
+
+
+def test_admin_created_addresses_are_asked_about(userli: UserliStub, adapter: RunningService) -> None:
+    """userli's admin form allows local parts like first+last@ (userli-api.md): never a local NOTFOUND."""
+    userli.data["mailbox"]["first+last@example.org"] = True
+    userli.data["alias"]["o'brien@example.org"] = ["first+last@example.org"]
+    with SocketmapClient(adapter.socketmap_port) as client:
+        assert client.query("mailbox", "First+Last@example.org") == "OK 1"
+        assert client.query("alias", "O'Brien@example.org") == "OK first+last@example.org"
+        assert client.query("mailbox", "first+other@example.org") == "NOTFOUND "  # userli said no
+    assert "/api/postfix/mailbox/first%2Bother@example.org" in userli.paths()
 
 
 def test_timeout_is_temp(userli: UserliStub, start_adapter: StartAdapter) -> None:
@@ -222,7 +242,8 @@ def test_not_ready_when_userli_is_down(adapter: RunningService, userli: UserliSt
 def test_not_ready_when_the_token_is_rejected(start_adapter: StartAdapter) -> None:
     running = start_adapter(userli_token="revoked")
     status, body, _ = http_get(running.http_url + "/ready")
-    assert (status, json.loads(body)["error"]) == (503, "userli status 401")
+    assert (status, json.loads(body)["error"]) == (503, "userli rejected the API token")
+    assert "USERLI_TOKEN" in json.loads(body)["hint"]
 
 
 def test_unknown_path_is_404(adapter: RunningService) -> None:

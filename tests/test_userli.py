@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -16,6 +17,10 @@ from adapter.metrics import Metrics
 from adapter.userli import ENDPOINTS, Failure, Found, NotFound, Outcome, UserliClient
 
 BASE = "http://userli.test"
+SCOPE_BODY = {"error": {"message": "Token does not have required scope: postfix", "code": 0}}
+TOKEN_REJECTED = Failure("userli rejected the API token", transient=False)
+NO_SCOPE = Failure("userli API token lacks the postfix scope", transient=False)
+NO_ROUTE = Failure("userli has no such route", transient=False)
 
 
 def lookup(map_name: str, key: str, timeout: float = 2.0) -> tuple[Outcome, Metrics]:
@@ -60,9 +65,12 @@ def lookup(map_name: str, key: str, timeout: float = 2.0) -> tuple[Outcome, Metr
         # 5xx are outage-like (transient), other statuses are configuration errors
         ("alias", 500, [], Failure("userli status 500")),
         ("domain", 503, False, Failure("userli status 503")),
-        ("alias", 401, {"error": "Invalid API token"}, Failure("userli status 401", transient=False)),
-        ("mailbox", 403, {"error": "forbidden"}, Failure("userli status 403", transient=False)),
-        ("alias", 404, {"error": "No route found"}, Failure("userli status 404", transient=False)),
+        # userli's real bodies: a token or scope problem is named as such (userli-api.md)
+        ("alias", 401, {"error": "Invalid API token"}, TOKEN_REJECTED),
+        ("domain", 401, {"error": "No API token provided"}, TOKEN_REJECTED),
+        ("mailbox", 403, SCOPE_BODY, NO_SCOPE),
+        ("mailbox", 403, {"error": "forbidden"}, Failure("userli refused the API token (403)", transient=False)),
+        ("alias", 404, {"error": {"message": "No route found", "code": 404}}, NO_ROUTE),
         ("alias", 204, [], Failure("userli status 204", transient=False)),
         ("alias", 301, [], Failure("userli status 301", transient=False)),
     ],
@@ -72,6 +80,8 @@ def test_outcomes(httpx_mock: HTTPXMock, map_name: str, status: int, body: Any, 
         url=f"{BASE}/api/postfix/{map_name}/x@example.org", status_code=status, content=json.dumps(body).encode()
     )
     outcome, _ = lookup(map_name, "x@example.org")
+    if isinstance(outcome, Failure):
+        outcome = replace(outcome, hint="")  # hints are for the operator's log
     assert outcome == expected
 
 

@@ -96,10 +96,12 @@ def ok(request_id: str, user: str) -> bytes:
     return f"OK\t{request_id}\tuser={escape(user)}\n".encode()
 
 
-def fail(request_id: str, reason: str) -> bytes:
-    """Postfix answers 535 and shows ``reason``. (It ignores Dovecot's ``temp`` flag: a temporary
+def fail(request_id: str, reason: str, user: str = "") -> bytes:
+    """Postfix answers 535 and shows ``reason``; it logs ``user`` as ``sasl_username`` (Dovecot
+    and the Go adapter send it too). (Postfix ignores Dovecot's ``temp`` flag: a temporary
     failure has to be signalled by closing the connection, see adapter/sasl.py.)"""
-    return f"FAIL\t{request_id}\treason={escape(reason)}\n".encode()
+    user_field = f"\tuser={escape(user)}" if user else ""
+    return f"FAIL\t{request_id}\treason={escape(reason)}{user_field}\n".encode()
 
 
 def _cont(request_id: str, challenge: bytes) -> Challenge:
@@ -113,11 +115,17 @@ class _Conversation:
 
 
 class AuthServerConnection:
-    """One client connection's protocol state."""
+    """One client connection's protocol state.
+
+    Like Dovecot, the client must open with ``VERSION`` and send ``CPID`` before any request
+    (Postfix sends both at once); a client that does not is not speaking this protocol and is
+    disconnected instead of being answered."""
 
     def __init__(self) -> None:
         self._lines = LineReader(MAX_LINE, AuthProtocolError)
         self._conversations: dict[str, _Conversation] = {}
+        self._version_seen = False
+        self._cpid_seen = False
 
     @property
     def pending(self) -> bool:
@@ -136,7 +144,15 @@ class AuthServerConnection:
         if command == "VERSION":
             if not args or args[0] != "1":
                 raise AuthProtocolError("unsupported protocol version")
+            self._version_seen = True
             return None
+        if not self._version_seen:
+            raise AuthProtocolError("the client did not start with VERSION")
+        if command == "CPID":
+            self._cpid_seen = True
+            return None
+        if command in ("AUTH", "CONT") and not self._cpid_seen:
+            raise AuthProtocolError(f"{command} before the client's CPID handshake")
         if command == "AUTH":
             if len(args) < 2 or not args[0]:
                 raise AuthProtocolError("AUTH without id and mechanism")
@@ -147,7 +163,7 @@ class AuthServerConnection:
             return self._cont(args[0], args[1] if len(args) > 1 else "")
         if command == "CANCEL" and args:
             self._conversations.pop(args[0], None)
-        return None  # CPID, CANCEL, and commands newer clients may send
+        return None  # CANCEL, and commands newer clients may send
 
     def _auth(self, request_id: str, mechanism: str, params: list[str]) -> Event:
         if mechanism not in MECHANISMS:
