@@ -136,6 +136,43 @@ def test_5_userli_down_auth_is_454(fresh_stack: MailStack) -> None:
     assert fresh_stack.login("user@example.org", "correct horse", "PLAIN") == 454
 
 
+def test_5_first_login_after_a_temporary_failure_succeeds(fresh_stack: MailStack) -> None:
+    """smtpd keeps its auth connection; after a graceful close it would send its next AUTH into
+    the dead socket and answer 454 once more although userli is back (Postfix 3.7)."""
+    assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 235
+    fresh_stack.userli.behaviour = lambda endpoint, key: (500, b'{"error":{"message":"boom"}}')
+    assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 454
+    fresh_stack.userli.behaviour = None
+    assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 235
+    assert fresh_stack.login(*GOOD_LOGIN, "LOGIN") == 235
+
+
+def test_5_wrong_adapter_token_is_454_never_535(fresh_stack: MailStack) -> None:
+    """A token userli rejects, or one without the postfix scope, is the adapter's problem: users
+    must not be told their (good) password is wrong."""
+    fresh_stack.userli.token = "rotated-token"  # userli no longer knows the adapter's token
+    assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 454
+    assert fresh_stack.login("user@example.org", "wrong", "PLAIN") == 454  # not even this is a 535
+    scope_error = (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}')
+    fresh_stack.userli.token = fresh_stack.config.userli_token
+    fresh_stack.userli.behaviour = lambda endpoint, key: scope_error
+    assert fresh_stack.login(*GOOD_LOGIN, "LOGIN") == 454
+    fresh_stack.userli.behaviour = None
+    assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 235
+
+
+def test_2_mail_to_an_admin_created_address_is_delivered(stack: MailStack) -> None:
+    """first+last@ exists in userli (created by an admin): 250 and delivered, never 550."""
+    body = marker()
+    stack.send("outsider@example.net", "First+Last@example.org", body)
+    assert stack.delivered("first+last@example.org", body)
+    sender_body = marker()
+    stack.send(
+        "first+last@example.org", "user@example.org", sender_body, login=("first+last@example.org", "admin made me")
+    )
+    assert stack.delivered("user@example.org", sender_body)
+
+
 def test_9_userli_slow_defers_and_the_adapter_stays_responsive(fresh_stack: MailStack) -> None:
     release = threading.Event()
     fresh_stack.userli.behaviour = lambda m, k: (release.wait(10), None)[1] if "slow" in k else None
