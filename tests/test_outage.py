@@ -36,6 +36,20 @@ def test_two_adapters_share_one_redis(
     assert 86_000 < shared.ttl("userli:pyadapter:lookup:alias:team@example.org") <= 86_400  # kept for the stale window
 
 
+def test_go_adapter_entries_in_redis_are_neither_read_nor_written(
+    start_adapter: StartAdapter, userli: UserliStub, redis_server: RedisServer
+) -> None:
+    """A Go adapter sharing the Redis (a mixed fleet, a rollback) keeps its own keys and meaning."""
+    shared = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    shared.set("userli:lookup:alias:alias@example.org", "OK stale-go-answer@example.org", ex=3600)
+    adapter = start_adapter(redis_url=redis_server.url)
+    with SocketmapClient(adapter.socketmap_port) as client:
+        assert client.query("alias", "alias@example.org") == "OK user@example.org"
+        assert client.query("mailbox", "nobody@example.org") == "NOTFOUND "
+    assert shared.get("userli:lookup:alias:alias@example.org") == "OK stale-go-answer@example.org"
+    assert shared.keys("userli:lookup:*") == ["userli:lookup:alias:alias@example.org"]
+
+
 def test_redis_killed_mid_test_lookups_still_answer(
     start_adapter: StartAdapter, userli: UserliStub, redis_server: RedisServer
 ) -> None:
