@@ -33,7 +33,8 @@ DATA: dict[str, dict[str, Any]] = {
         "user@example.org": [],
     },
     "domain": {"example.org": True},
-    "mailbox": {"user@example.org": True, "other@example.org": True},
+    # first+last@ was created in userli's admin form, which allows what registration does not
+    "mailbox": {"user@example.org": True, "other@example.org": True, "first+last@example.org": True},
     # userli's senders/{address}: the logins that may send as that address (the user itself,
     # or the destinations of an alias).
     "senders": {
@@ -41,11 +42,13 @@ DATA: dict[str, dict[str, Any]] = {
         "other@example.org": ["other@example.org"],
         "alias@example.org": ["user@example.org"],
         "team@example.org": ["user@example.org", "other@example.org"],
+        "first+last@example.org": ["first+last@example.org"],
     },
     "auth": {  # passwords; userli answers 403 for users disabled by the spam role
         "user@example.org": "correct horse",
         "other@example.org": "tab\tand\\ back",
         "spammer@example.org": "pw",
+        "first+last@example.org": "admin made me",
     },
     "disabled": {"spammer@example.org": True},
     "smtp_quota": {
@@ -54,6 +57,10 @@ DATA: dict[str, dict[str, Any]] = {
     },
 }
 NOT_FOUND_BODY = {"alias": [], "senders": [], "domain": False, "mailbox": False}
+# userli's own error bodies (userli-api.md): these are not answers about a user
+INVALID_TOKEN = b'{"error":"Invalid API token"}'
+MISSING_SCOPE = b'{"error":{"message":"Token does not have required scope: postfix","code":0}}'
+NO_ROUTE = b'{"error":{"message":"No route found","code":404}}'
 
 
 class UserliStub:
@@ -63,6 +70,8 @@ class UserliStub:
     def __init__(self, data: dict[str, dict[str, Any]] | None = None, token: str = TOKEN) -> None:
         self.data = copy.deepcopy(data if data is not None else DATA)  # tests may change it
         self.token = token
+        self.scopes = {"postfix"}  # the scopes of the adapter's token
+        self.version = (6, 10, 3)  # older userli lack routes: smtp_quota before 6.2.0, auth before 6.9.0
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.behaviour: Callable[[str, str], tuple[int, bytes] | None] | None = None
         self.delay = 0.0
@@ -135,11 +144,20 @@ class UserliStub:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def authenticate(self, path: str, authorization: str, body: bytes) -> tuple[int, bytes]:
+    def _refused(self, authorization: str) -> tuple[int, bytes] | None:
+        """What userli's token authenticator and scope listener answer before any controller."""
         if authorization != f"Bearer {self.token}":
-            return 401, b'{"error":"Invalid API token"}'
-        if path != "/api/postfix/auth":
-            return 404, b'{"error":{"message":"No route found","code":404}}'
+            return 401, INVALID_TOKEN
+        if "postfix" not in self.scopes:
+            return 403, MISSING_SCOPE
+        return None
+
+    def authenticate(self, path: str, authorization: str, body: bytes) -> tuple[int, bytes]:
+        if path != "/api/postfix/auth" or self.version < (6, 9, 0):
+            return 404, NO_ROUTE
+        refused = self._refused(authorization)
+        if refused is not None:
+            return refused
         if self.behaviour is not None:
             answer = self.behaviour("auth", body.decode(errors="replace"))
             if answer is not None:
@@ -155,12 +173,13 @@ class UserliStub:
         return 200, b'{"message":"success"}'
 
     def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
-        if authorization != f"Bearer {self.token}":
-            return 401, b'{"error":"Invalid API token"}'
         parts = path.split("/")  # '', 'api', 'postfix', endpoint, key
-        endpoints = (*NOT_FOUND_BODY, "smtp_quota")
+        endpoints = (*NOT_FOUND_BODY, "smtp_quota") if self.version >= (6, 2, 0) else tuple(NOT_FOUND_BODY)
         if len(parts) != 5 or parts[1:3] != ["api", "postfix"] or parts[3] not in endpoints or not parts[4]:
-            return 404, b'{"error":{"message":"No route found","code":404}}'
+            return 404, NO_ROUTE
+        refused = self._refused(authorization)
+        if refused is not None:
+            return refused
         endpoint, key = parts[3], unquote(parts[4])
         if self.behaviour is not None:
             answer = self.behaviour(endpoint, key)

@@ -27,11 +27,6 @@ E2E_DATA["smtp_quota"]["limited@example.org"] = {"per_hour": 2, "per_day": 0}
 E2E_DATA["mailbox"]["limited@example.org"] = True
 E2E_DATA["senders"]["limited@example.org"] = ["limited@example.org"]
 E2E_DATA["auth"]["limited@example.org"] = "limited pass"
-# An address created in userli's admin form, which does not hold local parts to the
-# registration form's a-z 0-9 . _ - (userli-api.md, "Keys").
-E2E_DATA["mailbox"]["first+last@example.org"] = True
-E2E_DATA["senders"]["first+last@example.org"] = ["first+last@example.org"]
-E2E_DATA["auth"]["first+last@example.org"] = "admin made me"
 
 
 class SmtpError(Exception):

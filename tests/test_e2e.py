@@ -153,11 +153,10 @@ def test_5_wrong_adapter_token_is_454_never_535(fresh_stack: MailStack) -> None:
     fresh_stack.userli.token = "rotated-token"  # userli no longer knows the adapter's token
     assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 454
     assert fresh_stack.login("user@example.org", "wrong", "PLAIN") == 454  # not even this is a 535
-    scope_error = (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}')
     fresh_stack.userli.token = fresh_stack.config.userli_token
-    fresh_stack.userli.behaviour = lambda endpoint, key: scope_error
+    fresh_stack.userli.scopes = {"dovecot"}  # a known token, without the postfix scope
     assert fresh_stack.login(*GOOD_LOGIN, "LOGIN") == 454
-    fresh_stack.userli.behaviour = None
+    fresh_stack.userli.scopes = {"postfix"}
     assert fresh_stack.login(*GOOD_LOGIN, "PLAIN") == 235
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 
+import pytest
 from helpers import PolicyClient, RedisServer, StartAdapter, UserliStub, end_of_message, metric
 
 REFUSED = "REJECT Rate limit exceeded, please try again later"
@@ -71,3 +73,26 @@ def test_redis_stopped_fails_open_and_is_counted(start_adapter: StartAdapter, re
         assert [client.ask(**end_of_message("user@example.org")) for _ in range(5)] == ["DUNNO"] * 5
     errors = metric(adapter.http_url, 'userli_postfix_adapter_ratelimit_backend_errors_total{operation="check"}')
     assert errors == 5
+
+
+def test_userli_without_the_quota_route_fails_open_as_an_error(
+    start_adapter: StartAdapter, userli: UserliStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """userli older than 6.2.0 answers 404 with a routing error, not "User not found"."""
+    userli.version = (6, 1, 0)
+    adapter = start_adapter()
+    with caplog.at_level(logging.INFO, logger="adapter"), PolicyClient(adapter.policy_port) as client:
+        for _ in range(5):
+            assert client.ask(**end_of_message("user@example.org")) == "DUNNO"
+    assert metric(adapter.http_url, 'userli_postfix_adapter_quota_checks_total{result="error"}') == 5
+    assert metric(adapter.http_url, 'userli_postfix_adapter_quota_checks_total{result="unknown_user"}') == 0
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.reason for r in errors] == ["userli has no smtp_quota route"]
+
+
+def test_unknown_sender_is_userli_s_own_404(start_adapter: StartAdapter) -> None:
+    adapter = start_adapter()
+    with PolicyClient(adapter.policy_port) as client:
+        assert client.ask(**end_of_message("stranger@example.org")) == "DUNNO"
+    assert metric(adapter.http_url, 'userli_postfix_adapter_quota_checks_total{result="unknown_user"}') == 1
+    assert metric(adapter.http_url, 'userli_postfix_adapter_quota_checks_total{result="error"}') == 0

@@ -123,8 +123,7 @@ def test_token_or_scope_error_is_temporary_and_makes_the_adapter_unready(
     start_adapter: StartAdapter, userli: UserliStub, token: str | None, reason: str
 ) -> None:
     if token is None:  # a known token without the postfix scope
-        scope_error = (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}')
-        userli.behaviour = lambda endpoint, key: scope_error
+        userli.scopes = {"dovecot"}
     else:
         userli.token = token
     adapter = start_adapter(sasl_address=TCP, sasl_failure_delay=0)

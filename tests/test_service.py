@@ -137,7 +137,6 @@ def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> 
     answers = {
         "s500@example.org": (500, b'{"error":"boom"}'),
         "s401@example.org": (401, b'{"error":"Invalid API token"}'),
-        "s403@example.org": (403, b'{"error":{"message":"Token does not have required scope: postfix","code":0}}'),
         "html@example.org": (200, b"<html>maintenance</html>"),
         "wrong@example.org": (200, b'{"error":"x"}'),
     }
@@ -145,7 +144,6 @@ def test_userli_errors_are_temp(adapter: RunningService, userli: UserliStub) -> 
     with SocketmapClient(adapter.socketmap_port) as client:
         assert client.query("mailbox", "s500@example.org") == "TEMP userli status 500"
         assert client.query("mailbox", "s401@example.org") == "TEMP userli rejected the API token"
-        assert client.query("mailbox", "s403@example.org") == "TEMP userli API token lacks the postfix scope"
         assert client.query("mailbox", "html@example.org") == "TEMP userli sent invalid JSON"
         assert client.query("alias", "wrong@example.org") == "TEMP userli sent unexpected data"
 
@@ -162,9 +160,18 @@ def test_wrong_token_is_temp_and_logged_as_a_token_error(
     assert "wrong-token" not in caplog.text
 
 
+def test_token_without_the_postfix_scope_is_temp(userli: UserliStub, adapter: RunningService) -> None:
+    userli.scopes = {"dovecot"}
+    with SocketmapClient(adapter.socketmap_port) as client:
+        for map_name in ("alias", "domain", "mailbox", "senders"):
+            key = "example.org" if map_name == "domain" else "user@example.org"
+            assert client.query(map_name, key) == "TEMP userli API token lacks the postfix scope"
+    status, body, _ = http_get(adapter.http_url + "/ready")
+    assert (status, json.loads(body)["error"]) == (503, "userli API token lacks the postfix scope")
+
+
 def test_admin_created_addresses_are_asked_about(userli: UserliStub, adapter: RunningService) -> None:
     """userli's admin form allows local parts like first+last@ (userli-api.md): never a local NOTFOUND."""
-    userli.data["mailbox"]["first+last@example.org"] = True
     userli.data["alias"]["o'brien@example.org"] = ["first+last@example.org"]
     with SocketmapClient(adapter.socketmap_port) as client:
         assert client.query("mailbox", "First+Last@example.org") == "OK 1"
