@@ -152,4 +152,6 @@ class Service:
             body = {"status": "unavailable", "error": outcome.reason}
             return json_response(503, {**body, "hint": outcome.hint} if outcome.hint else body)
         self.metrics.health_check_status.set(1)
+        if self.userli.config_error:  # lookups work; SMTP AUTH or quotas do not (token, scope, route)
+            return json_response(200, {"status": "degraded", "error": self.userli.config_error})
         return json_response(200, {"status": "ready"})

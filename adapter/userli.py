@@ -128,8 +128,9 @@ class UserliClient:
 
     @property
     def config_error(self) -> str | None:
-        """What userli last said about our configuration (token, scope, route), while it lasts."""
-        return self.lookup_health.config_error or self.auth_health.config_error
+        """What userli last said about our configuration (token, scope, route) on a route the
+        readiness probe does not cover, while it lasts."""
+        return self.auth_health.config_error or self.quota_health.config_error
 
     @classmethod
     def from_config(cls, config: Config, metrics: Metrics) -> UserliClient:
@@ -173,7 +174,7 @@ class UserliClient:
         if isinstance(response, Failure):
             outcome: Outcome = response
         elif response.status_code != 200:
-            outcome = _error_status(response, "postfix")
+            outcome = _error_status(response)
         else:
             outcome = _decode(map_name, response.content)
         return _noted(self.lookup_health, outcome)
@@ -189,13 +190,13 @@ class UserliClient:
         if isinstance(response, Failure):
             return response
         if response.status_code == 404:
-            if _json(response.content) == {"error": QUOTA_UNKNOWN_USER}:
+            if _json(response.content) == {"error": QUOTA_UNKNOWN_USER}:  # not a routing error
                 return NOT_FOUND
             return Failure("userli has no smtp_quota route", transient=False, hint=ROUTE_HINTS["smtp_quota"])
         if response.status_code != 200:
-            return _error_status(response, "postfix")
-        data = _json(response.content, None)
-        if data is None:
+            return _error_status(response)
+        data = _json(response.content)
+        if data is _INVALID:
             return Failure("userli sent invalid JSON")
         limits = [data.get(name) if isinstance(data, dict) else None for name in ("per_hour", "per_day")]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in limits):
@@ -216,7 +217,7 @@ class UserliClient:
         if isinstance(response, Failure):
             return response
         status = response.status_code
-        body = _json(response.content, None)
+        body = _json(response.content)
         message = body.get("message") if isinstance(body, dict) and "error" not in body else None
         if status == 200:
             return AUTHENTICATED if message == "success" else Failure("userli sent unexpected data")
@@ -224,7 +225,7 @@ class UserliClient:
             return Refused(message[:200] if message.isprintable() and message else "authentication failed")
         if status == 404:
             return Failure("userli has no auth route", transient=False, hint=ROUTE_HINTS["auth"])
-        return _error_status(response, "postfix")
+        return _error_status(response)
 
     async def _get(self, endpoint: str, key: str, timeout: float | None = None) -> httpx.Response | Failure:
         # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
@@ -256,6 +257,7 @@ def _transport_failure(endpoint: str, reason: str, error: str = "") -> Failure:
 
 
 TOKEN_HINT = "check USERLI_TOKEN (or USERLI_TOKEN_FILE): userli does not know this token"
+SCOPE_HINT = "give the token the postfix scope: bin/console app:api-token:create --scopes postfix"
 ROUTE_HINTS = {
     "lookup": "check USERLI_BASE_URL: userli has no such route there",
     "smtp_quota": "sending quotas need userli 6.2.0 or newer (and a correct USERLI_BASE_URL); "
@@ -272,31 +274,31 @@ def _noted(health: FailureLog, outcome: _T) -> _T:
     return outcome
 
 
-def _error_status(response: httpx.Response, scope: str) -> Failure:
+def _error_status(response: httpx.Response) -> Failure:
     """A non-200 status that is not an answer: a token or scope problem, a missing route, an outage."""
     status = response.status_code
     if status == 401:
         return Failure("userli rejected the API token", transient=False, hint=TOKEN_HINT)
     if status == 403:
-        hint = f"give the token the {scope} scope: bin/console app:api-token:create --scopes {scope}"
         if "scope" in str(_json(response.content)).lower():
-            return Failure(f"userli API token lacks the {scope} scope", transient=False, hint=hint)
-        return Failure("userli refused the API token (403)", transient=False, hint=hint)
+            return Failure("userli API token lacks the postfix scope", transient=False, hint=SCOPE_HINT)
+        return Failure("userli refused the API token (403)", transient=False, hint=SCOPE_HINT)
     if status == 404:
         return Failure("userli has no such route", transient=False, hint=ROUTE_HINTS["lookup"])
     log.debug("userli answered an error status", extra={"status": status})
     return Failure(f"userli status {status}", transient=status >= 500)
 
 
-def _json(content: bytes, default: object = "") -> object:
+def _json(content: bytes) -> object:
+    """The decoded body, or ``_INVALID``."""
     try:
         return json.loads(content)
     except ValueError:
-        return default
+        return _INVALID
 
 
 def _decode(map_name: str, body: bytes) -> Outcome:
-    data = _json(body, _INVALID)
+    data = _json(body)
     if data is _INVALID:
         return Failure("userli sent invalid JSON")
     if map_name in BOOL_MAPS:

@@ -220,3 +220,23 @@ def test_unix_socket_for_the_postfix_chroot(start_adapter: StartAdapter, tmp_pat
     client = AuthClient(str(path))
     assert client.plain(1, "user@example.org", "correct horse") == "OK\t1\tuser=user@example.org"
     client.close()
+
+
+def test_userli_without_the_auth_route_is_454_and_ready_says_degraded(
+    start_adapter: StartAdapter, userli: UserliStub
+) -> None:
+    userli.version = (6, 8, 0)  # POST /api/postfix/auth came with 6.9.0
+    adapter = start_adapter(sasl_address=TCP)
+    client = AuthClient(sasl_port(adapter))
+    with pytest.raises(ConnectionError):
+        client.plain(1, "user@example.org", "correct horse")
+    client.close()
+    with urllib.request.urlopen(adapter.http_url + "/ready", timeout=10) as response:
+        body = json.loads(response.read())
+    assert body == {"status": "degraded", "error": "userli has no auth route"}  # lookups still work
+    userli.version = (6, 10, 3)
+    again = AuthClient(sasl_port(adapter))
+    assert again.plain(2, "user@example.org", "correct horse") == "OK\t2\tuser=user@example.org"
+    again.close()
+    with urllib.request.urlopen(adapter.http_url + "/ready", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ready"}
