@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from adapter.tls import TlsConfigError, TlsFiles, client_context
+
 __all__ = ["Config", "ConfigError", "ListenAddress", "parse_duration", "parse_listen_address"]
 
 # Postfix gives a socketmap server 100 s per request, and a lookup with a recipient delimiter may
@@ -60,6 +62,8 @@ class Config:
     userli_token: str = field(repr=False)  # never printed, logged or put in a reply
     userli_base_url: str = "http://localhost:8000"
     userli_timeout: float = 5.0
+    userli_keepalive: float = 4.0  # 0: a fresh connection for every userli call
+    userli_tls: TlsFiles = field(default_factory=TlsFiles)
     recipient_delimiter: str = ""
     socketmap_address: ListenAddress = ListenAddress(port=10001)
     socketmap_socket_mode: int = 0o666
@@ -101,6 +105,9 @@ class Config:
             token_source="USERLI_TOKEN_FILE" if env.get("USERLI_TOKEN_FILE") else "USERLI_TOKEN",
             userli_base_url=reader.url("USERLI_BASE_URL", "http://localhost:8000"),
             userli_timeout=reader.duration("USERLI_TIMEOUT", "5s", maximum=MAX_USERLI_TIMEOUT),
+            # Under Apache's 5 s keep-alive, so a request rarely meets a connection being closed.
+            userli_keepalive=reader.duration("USERLI_KEEPALIVE", "4s", maximum=60, allow_zero=True),
+            userli_tls=reader.tls_files(),
             recipient_delimiter=reader.delimiter("POSTFIX_RECIPIENT_DELIMITER"),
             socketmap_address=reader.address("SOCKETMAP_LISTEN_ADDR", ":10001"),
             socketmap_socket_mode=reader.mode("SOCKETMAP_SOCKET_MODE", "0666"),
@@ -136,6 +143,9 @@ class Config:
         return {
             "userli_base_url": _redacted_url(self.userli_base_url),
             "userli_timeout": self.userli_timeout,
+            "userli_keepalive": self.userli_keepalive,
+            "userli_ca_file": self.userli_tls.ca_file or self.userli_tls.ca_dir or "default",
+            "userli_client_cert": self.userli_tls.client_cert or "none",
             "token_source": self.token_source,
             "recipient_delimiter": self.recipient_delimiter,
             "socketmap_listen_addr": str(self.socketmap_address),
@@ -341,6 +351,24 @@ class _Reader:
             return parse_listen_address(self._raw(name, default))
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
+
+    def tls_files(self) -> TlsFiles:
+        ca_file = self._raw("USERLI_CA_FILE", "")
+        files = TlsFiles(
+            ca_file=ca_file or self._raw("SSL_CERT_FILE", ""),
+            ca_dir="" if ca_file else self._raw("SSL_CERT_DIR", ""),
+            ca_variable="USERLI_CA_FILE" if ca_file else "SSL_CERT_FILE",
+            client_cert=self._raw("USERLI_CLIENT_CERT", ""),
+            client_key=self._raw("USERLI_CLIENT_KEY", ""),
+        )
+        if files.client_key and not files.client_cert:
+            raise ConfigError("USERLI_CLIENT_KEY: set USERLI_CLIENT_CERT too")
+        if files.custom:
+            try:
+                client_context(files)  # load every file now: a wrong path stops the start
+            except TlsConfigError as exc:
+                raise ConfigError(str(exc)) from None
+        return files
 
     def url(self, name: str, default: str) -> str:
         raw = self._raw(name, default).rstrip("/")

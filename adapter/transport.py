@@ -9,9 +9,23 @@ client API on top (base URL, headers, timeouts, content decoding) is unchanged, 
 keep mocking userli with pytest-httpx on httpx's own transport.
 
 Deliberately small: plain or TLS HTTP/1.1, whole bodies up to ``MAX_BODY`` (userli answers are
-small JSON), no proxies, no HTTP/2. The caller bounds concurrency (``UserliClient`` lets
-``MAX_IN_FLIGHT`` requests run at once); between requests at most ``max_idle`` connections per
-origin stay open, each for at most ``keepalive_expiry`` seconds.
+small JSON), no proxies, no HTTP/2, no content codings (the client asks for ``identity``; an
+encoded answer is refused, so no decompression bomb can grow in memory). The caller bounds
+concurrency (``UserliClient`` lets ``MAX_IN_FLIGHT`` requests run at once); between requests at
+most ``max_idle`` connections per origin stay open, each for at most ``keepalive_expiry``
+seconds (0: a fresh connection for every request).
+
+No answer may belong to another request. HTTP/1.1 has no request ids: a response is the answer
+to the request before it only because of its place in the stream. So a response is accepted
+only when the read that completes it holds nothing more; bytes that arrive while no request is
+outstanding, before the request was written, or after the answer in the same read, close the
+connection and fail that request (TEMP for Postfix). A used connection rests ``REST`` before it
+is reused and a new one waits ``SETTLE`` before its first request, so that strays sent just after
+an answer, and servers that speak unasked, are seen on a connection nobody is waiting on. What
+remains: a server (or a broken proxy) that sends an unrequested response later than that, after
+a kept-alive connection was reused, cannot be told from the real answer;
+``keepalive_expiry=0`` (``USERLI_KEEPALIVE=0``) rules that out too, at the cost measured in
+bench/README.
 """
 
 from __future__ import annotations
@@ -29,9 +43,18 @@ __all__ = ["MAX_BODY", "UserliTransport"]
 
 MAX_BODY = 1 << 20  # bytes; Postfix takes at most 100 kB of reply anyway
 MAX_HEAD = 64 << 10  # bytes of status line and headers
+MAX_INFORMATIONAL = 10  # 1xx answers before the real one; more is a storm, not HTTP
 # Idle connections are given up before the shortest common server keep-alive timeout (Apache's
 # 5 s), so a request rarely meets a connection the server is closing at that very moment.
 KEEPALIVE_EXPIRY = 4.0
+# A stray response sent right after an answer (a broken proxy's duplicate) reaches an idle
+# connection within a moment, where it closes the connection; one that arrives after the
+# connection was reused would be taken for the next answer. So a used connection rests this long
+# before it is reused, and a new one waits this long before its first request (a server that
+# speaks before it is asked is then caught). Their cost: bench/README ("Answers that belong to
+# another request").
+REST = 0.005
+SETTLE = 0.002
 METHODS = frozenset({"GET", "POST"})  # what userli's API needs; a HEAD answer would carry no body
 
 Origin = tuple[str, str, int]
@@ -55,9 +78,10 @@ class _Response:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: list[bytes] = field(default_factory=list)
     size: int = 0  # bytes of body so far
-    head_size: int = 0  # bytes received before the head was complete
+    head_size: int = 0  # bytes of status line and headers so far
     head_done: bool = False
     framed: bool = False  # Content-Length or Transfer-Encoding: the body does not end at the close
+    encoded: bool = False  # a Content-Encoding other than identity
 
 
 class _Connection(asyncio.Protocol):
@@ -75,7 +99,10 @@ class _Connection(asyncio.Protocol):
         self._response = _Response()
         self._answered = False
         self._reusable = False
-        self._stray = False
+        self._done = False  # the current request's final response is complete
+        self._keep_alive = False
+        self._extra = False  # a response began after the answer: no way to know which is which
+        self._informational = 0
         self.closed = False
         self.idle_since = 0.0
 
@@ -85,25 +112,34 @@ class _Connection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
-            self.close()  # bytes nobody asked for: this connection cannot be trusted any more
-            return
-        self._answered = True
-        response = self._response
-        if not response.head_done:
-            response.head_size += len(data)
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response: {exc}"))
-            return
-        if self._stray:
+        transport = self._transport
+        if self._waiter is None or self._waiter.done() or (transport is not None and transport.get_write_buffer_size()):
+            # Bytes nobody asked for (yet): whatever they are, this stream cannot be trusted.
+            self._fail(httpx.RemoteProtocolError("userli sent data before it was asked"))
             self.close()
             return
-        if not response.head_done and response.head_size > MAX_HEAD:
+        self._answered = True
+        head_was_done = self._response.head_done
+        try:
+            self._parser.feed_data(data)
+        except Exception as exc:  # HttpParserError, HttpParserUpgrade (101), anything llhttp raises
+            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response ({exc.__class__.__name__})"))
+            return
+        response = self._response
+        if not response.head_done and not head_was_done:
+            response.head_size += len(data)  # an incomplete head: every byte of the read is head
+        if self._extra:
+            self._fail(httpx.RemoteProtocolError("userli sent more than one response to one request"))
+        elif self._informational > MAX_INFORMATIONAL:
+            self._fail(httpx.RemoteProtocolError("userli sent too many informational responses"))
+        elif response.head_size > MAX_HEAD:
             self._fail(httpx.RemoteProtocolError(f"response head over {MAX_HEAD} bytes"))
+        elif response.encoded:
+            self._fail(httpx.RemoteProtocolError("userli sent an encoded body; only identity is accepted"))
         elif response.size > MAX_BODY:
             self._fail(httpx.RemoteProtocolError(f"response body over {MAX_BODY} bytes"))
+        elif self._done:  # only now: the whole read is parsed and held nothing after the answer
+            self._complete(self._keep_alive)
 
     def eof_received(self) -> bool:
         response = self._response
@@ -119,21 +155,29 @@ class _Connection(asyncio.Protocol):
     # httptools callbacks
 
     def on_message_begin(self) -> None:
-        if self._waiter is None or self._waiter.done():
-            self._stray = True  # a second answer to one request
+        if self._done:
+            self._extra = True  # a second response to one request
         self._response = _Response()
 
     def on_status(self, reason: bytes) -> None:
         self._response.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._response.headers.append((name, value))
-        if name.lower() in (b"content-length", b"transfer-encoding"):
-            self._response.framed = True
+        response = self._response
+        response.headers.append((name, value))
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding"):
+            response.framed = True
+        elif name == b"content-encoding" and value.strip().lower() not in (b"", b"identity"):
+            response.encoded = True
 
     def on_headers_complete(self) -> None:
-        self._response.head_done = True
-        self._response.status = self._parser.get_status_code()
+        response = self._response
+        response.head_done = True
+        response.status = self._parser.get_status_code()
+        # The head counted as head, whatever else the read held: "HTTP/1.1 200 " + reason,
+        # "name: value" lines and the blank line.
+        response.head_size = 15 + len(response.reason) + sum(len(n) + len(v) + 4 for n, v in response.headers)
 
     def on_body(self, body: bytes) -> None:
         self._response.size += len(body)
@@ -141,8 +185,9 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         if 100 <= self._response.status < 200:  # informational: the real answer follows
+            self._informational += 1
             return
-        self._complete(keep_alive=self._parser.should_keep_alive())
+        self._done, self._keep_alive = True, self._parser.should_keep_alive()
 
     # the connection's user
 
@@ -156,8 +201,12 @@ class _Connection(asyncio.Protocol):
 
     async def exchange(self, request: bytes, read_timeout: float | None) -> _Response:
         assert self._transport is not None
+        if self.closed:  # lost (or closed for speaking unasked) before the request went out
+            raise _Disconnected(answered=False)
         self._waiter = waiter = asyncio.get_running_loop().create_future()
         self._response, self._answered, self._reusable = _Response(), False, False
+        self._done = self._extra = False
+        self._informational = 0
         self._transport.write(request)
         try:
             async with asyncio.timeout(read_timeout):
@@ -201,12 +250,17 @@ class UserliTransport(httpx.AsyncBaseTransport):
         max_idle: int,
         keepalive_expiry: float = KEEPALIVE_EXPIRY,
         ssl_context: ssl.SSLContext | None = None,
+        rest: float = REST,
+        settle: float = SETTLE,
     ) -> None:
-        self._max_idle = max_idle
+        self._max_idle = max_idle if keepalive_expiry > 0 else 0
         self._expiry = keepalive_expiry
         self._ssl_context = ssl_context
+        self._rest = rest
+        self._settle = settle
         self._idle: dict[Origin, list[_Connection]] = {}
         self._busy: set[_Connection] = set()
+        self.opened = 0  # connections made so far (bench/transports.py reports it)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -254,16 +308,20 @@ class UserliTransport(httpx.AsyncBaseTransport):
             connection.close()
 
     def _take_idle(self, origin: Origin) -> _Connection | None:
+        """The most recently used connection that has rested (least likely to be timed out by
+        the server), or None. Idle connections are in release order, oldest first."""
         idle = self._idle.get(origin)
+        if not idle:
+            return None
         now = asyncio.get_running_loop().time()
-        while idle:
-            connection = idle.pop()  # the most recently used: least likely to be timed out by the server
-            if connection.closed:
-                continue
-            if now - connection.idle_since < self._expiry:
-                return connection
-            connection.close()  # the newest idle connection has expired, so have all the older ones
+        if now - idle[-1].idle_since >= self._expiry:  # the newest has expired: so have all the others
             self._drop_idle(origin)
+            return None
+        for index in range(len(idle) - 1, -1, -1):
+            connection = idle[index]
+            if now - connection.idle_since >= self._rest and not connection.closed:
+                del idle[index]
+                return connection
         return None
 
     def _release(self, origin: Origin, connection: _Connection) -> None:
@@ -290,6 +348,7 @@ class UserliTransport(httpx.AsyncBaseTransport):
                 self._ssl_context = httpx.create_ssl_context(trust_env=False)
             tls = self._ssl_context
         loop = asyncio.get_running_loop()
+        self.opened += 1
         try:
             async with asyncio.timeout(timeout):
                 _, connection = await loop.create_connection(
@@ -303,4 +362,6 @@ class UserliTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectTimeout("userli did not accept the connection in time") from None
         except OSError as exc:  # refused, unreachable, or a TLS failure (ssl.SSLError)
             raise httpx.ConnectError(f"cannot connect to userli: {exc.__class__.__name__}") from exc
+        if self._settle:
+            await asyncio.sleep(self._settle)  # a server that speaks unasked is caught meanwhile
         return connection

@@ -31,6 +31,7 @@ from adapter import __version__
 from adapter.config import Config
 from adapter.failure_log import FailureLog
 from adapter.metrics import Metrics
+from adapter.tls import client_context, describe_tls_error
 from adapter.transport import UserliTransport
 
 __all__ = [
@@ -109,9 +110,10 @@ NOT_FOUND = NotFound()
 TRUE = Found(("1",))
 
 
-def transport() -> httpx.AsyncBaseTransport:
+def transport(config: Config) -> httpx.AsyncBaseTransport:
     """The HTTP transport under the client (unit tests swap in httpx's own for pytest-httpx)."""
-    return UserliTransport(max_idle=MAX_IN_FLIGHT)
+    tls = client_context(config.userli_tls) if config.userli_tls.custom else None
+    return UserliTransport(max_idle=MAX_IN_FLIGHT, keepalive_expiry=config.userli_keepalive, ssl_context=tls)
 
 
 class UserliClient:
@@ -140,9 +142,12 @@ class UserliClient:
                 "Authorization": f"Bearer {config.userli_token}",
                 "Accept": "application/json",
                 "User-Agent": f"userli-postfix-adapter/{__version__}",
+                # No content coding: a compressed answer could decode to gigabytes (the
+                # transport refuses any other), and userli's answers are small.
+                "Accept-Encoding": "identity",
             },
             timeout=httpx.Timeout(config.userli_timeout),
-            transport=transport(),
+            transport=transport(config),
             follow_redirects=False,
             trust_env=False,  # the userli URL is configured explicitly; no proxy from the environment
         )
@@ -246,14 +251,17 @@ class UserliClient:
         except (TimeoutError, httpx.TimeoutException):
             return _transport_failure(endpoint, "userli timeout")
         except httpx.HTTPError as exc:
+            tls_problem = describe_tls_error(exc.__cause__) if exc.__cause__ is not None else None
+            if tls_problem is not None:  # worth naming: a certificate, a hostname, a protocol
+                return _transport_failure(endpoint, "userli TLS failure", tls_problem, hint=tls_problem)
             return _transport_failure(endpoint, "userli unreachable", exc.__class__.__name__)
         finally:
             self._metrics.observe_http(endpoint, status, time.perf_counter() - started)
 
 
-def _transport_failure(endpoint: str, reason: str, error: str = "") -> Failure:
+def _transport_failure(endpoint: str, reason: str, error: str = "", hint: str = "") -> Failure:
     log.debug("userli request failed", extra={"endpoint": endpoint, "reason": reason, "error": error or reason})
-    return Failure(reason)
+    return Failure(reason, hint=hint)
 
 
 TOKEN_HINT = "check USERLI_TOKEN (or USERLI_TOKEN_FILE): userli does not know this token"

@@ -3,7 +3,7 @@ client API, against the bench's userli stand-in: requests/s at 1, 10, 32 and 200
 flight (median of 3 interleaved runs).
 
     pip install httpx-aiohttp   # optional; not a dependency of the adapter
-    python bench/transports.py
+    python bench/transports.py [default rest no-keepalive no-keepalive+settle httpx httpx-aiohttp]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from adapter.transport import UserliTransport
 
 USERS = 20_000
 ANSWERS: dict[bytes, bytes] = {}
+OPENED: list[float] = []  # connections opened per request, per run
 
 
 def standin_factory() -> UserliStandIn:
@@ -66,6 +67,8 @@ async def rate(make_client: Callable[[], httpx.AsyncClient], in_flight: int, sec
     result = (done - before) / (time.perf_counter() - started)
     running = False
     await asyncio.gather(*tasks, return_exceptions=True)
+    transport = client._transport  # the adapter's transport counts its connections
+    OPENED.append(getattr(transport, "opened", 0) / max(done, 1))
     await client.aclose()
     return result
 
@@ -78,27 +81,43 @@ def main() -> None:
     ready.wait(30)
     os.sched_setaffinity(0, {0})
     base, limits = f"http://{address}", httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    clients: dict[str, Callable[[], httpx.AsyncClient]] = {
-        "adapter transport": lambda: httpx.AsyncClient(
-            base_url=base, transport=UserliTransport(max_idle=32), trust_env=False
-        ),
-        "httpx default": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
+
+    def adapter(**options: float) -> Callable[[], httpx.AsyncClient]:
+        return lambda: httpx.AsyncClient(
+            base_url=base, transport=UserliTransport(max_idle=32, **options), trust_env=False
+        )
+
+    variants = sys.argv[1:] or ["default", "rest", "no-keepalive", "httpx"]
+    known: dict[str, Callable[[], httpx.AsyncClient]] = {
+        "default": adapter(rest=0, settle=0),
+        # issue 13: a used connection rests 5 ms before reuse, a new one waits 2 ms before its request
+        "rest": adapter(rest=0.005, settle=0.002),
+        "no-keepalive": adapter(keepalive_expiry=0, rest=0, settle=0),
+        "no-keepalive+settle": adapter(keepalive_expiry=0, rest=0, settle=0.002),
+        "httpx": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
     }
+    clients = {name: known[name] for name in variants if name in known}
     try:
         import httpx_aiohttp
 
-        clients["httpx-aiohttp"] = lambda: httpx_aiohttp.HttpxAiohttpClient(
-            base_url=base, limits=limits, trust_env=False
-        )
+        if "httpx-aiohttp" in variants:
+            clients["httpx-aiohttp"] = lambda: httpx_aiohttp.HttpxAiohttpClient(
+                base_url=base, limits=limits, trust_env=False
+            )
     except ImportError:
         print("httpx-aiohttp is not installed: left out", flush=True)
     try:
         for in_flight in (1, 10, 32, 200):
             rates: dict[str, list[float]] = {name: [] for name in clients}
+            opened: dict[str, list[float]] = {name: [] for name in clients}
             for _ in range(3):  # interleaved
                 for name, make in clients.items():
                     rates[name].append(uvloop.run(rate(make, in_flight)))
-            cells = "  ".join(f"{name}: {statistics.median(r):6.0f}/s" for name, r in rates.items())
+                    opened[name].append(OPENED.pop())
+            cells = "  ".join(
+                f"{name}: {statistics.median(r):6.0f}/s ({statistics.median(opened[name]):.3f} conn/req)"
+                for name, r in rates.items()
+            )
             print(f"in flight {in_flight:3d}: {cells}", flush=True)
     finally:
         standin.kill()

@@ -18,7 +18,7 @@ def _mockable_userli_transport(request: pytest.FixtureRequest, monkeypatch: pyte
     """pytest-httpx intercepts httpx's own transport only: tests that mock userli with it run the
     client on that one. Every other test (a real HTTP stub) runs the production transport."""
     if "httpx_mock" in request.fixturenames:
-        monkeypatch.setattr(userli_module, "transport", httpx.AsyncHTTPTransport)
+        monkeypatch.setattr(userli_module, "transport", lambda config: httpx.AsyncHTTPTransport())
 
 
 @pytest.fixture

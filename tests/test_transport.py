@@ -17,7 +17,7 @@ import pytest
 import trustme
 import uvloop
 
-from adapter.transport import MAX_BODY, UserliTransport
+from adapter.transport import MAX_BODY, MAX_HEAD, REST, UserliTransport
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 OK_TRUE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4\r\n\r\ntrue"
@@ -79,6 +79,11 @@ def keep_alive(answer: bytes = OK_TRUE, server: list[Scripted] | None = None) ->
     return handler
 
 
+async def rested() -> None:
+    """Let a used connection rest, so that the next request may reuse it."""
+    await asyncio.sleep(REST + 0.005)
+
+
 def serving(answer: bytes = OK_TRUE) -> Scripted:
     box: list[Scripted] = []
     scripted = Scripted(keep_alive(answer, box))
@@ -94,12 +99,31 @@ def test_connections_are_kept_alive_and_requests_are_well_formed() -> None:
             for _ in range(5):
                 response = await client.get("/api/postfix/mailbox/a%40b.example")
                 assert (response.status_code, response.json()) == (200, True)
+                await rested()
             await client.aclose()
             assert server.connections == 1
             head = server.requests[0].decode()
             assert head.startswith("GET /api/postfix/mailbox/a%40b.example HTTP/1.1\r\n")
             assert f"Host: {server.url.removeprefix('http://')}\r\n" in head
             assert "Authorization: Bearer t\r\n" in head
+
+
+def test_a_used_connection_rests_before_it_is_reused() -> None:
+    """A stray answer sent just after the real one must reach an idle connection (which it closes),
+    not a reused one (where it would pass for the next answer)."""
+
+    async def scenario() -> None:
+        async with serving() as server:
+            client = httpx.AsyncClient(transport=UserliTransport(max_idle=4), base_url=server.url)
+            for _ in range(3):  # back to back: each finds the others resting
+                assert (await client.get("/")).status_code == 200
+            assert server.connections == 3
+            await rested()
+            assert (await client.get("/")).status_code == 200
+            assert server.connections == 3
+            await client.aclose()
+
+    run(scenario)
 
     run(scenario)
 
@@ -115,21 +139,49 @@ def test_a_post_sends_its_json_body() -> None:
     run(scenario)
 
 
-def test_chunked_and_compressed_bodies_are_decoded() -> None:
-    body = gzip.compress(b'["x@example.org"]')
-    chunked = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+def chunked(body: bytes, headers: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + headers
+        + b"Transfer-Encoding: chunked\r\n\r\n"
         + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:7], body[7:]))
         + b"0\r\n\r\n"
     )
 
+
+def test_chunked_bodies_are_whole() -> None:
     async def scenario() -> None:
-        async with serving(chunked) as server:
+        async with serving(chunked(b'["x@example.org"]')) as server:
             async with httpx.AsyncClient(transport=UserliTransport(max_idle=1)) as client:
                 assert (await client.get(server.url)).json() == ["x@example.org"]
+                await rested()
                 assert (await client.get(server.url)).json() == ["x@example.org"]
             assert server.connections == 1  # a chunked response ends cleanly: the connection is reused
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate", b"gzip, gzip", b"br", b"x-anything"])
+def test_encoded_bodies_are_refused_never_decoded(coding: bytes) -> None:
+    """A decompression bomb (3 kB of gzip, 2 GB decoded) must never be decoded: only identity."""
+    bomb = gzip.compress(b" " * 1_000_000)
+
+    async def scenario() -> None:
+        async with serving(chunked(bomb, b"Content-Encoding: " + coding + b"\r\n")) as server:
+            transport = UserliTransport(max_idle=1)
+            with pytest.raises(httpx.RemoteProtocolError, match="encoded"):
+                await get(transport, server.url)
+            assert server.connections == 1
+
+    run(scenario)
+
+
+def test_identity_encoding_is_fine() -> None:
+    answer = OK_TRUE.replace(b"\r\n\r\n", b"\r\nContent-Encoding: identity\r\n\r\n")
+
+    async def scenario() -> None:
+        async with serving(answer) as server:
+            assert (await get(UserliTransport(max_idle=1), server.url)).json() is True
 
     run(scenario)
 
@@ -190,6 +242,7 @@ def test_a_kept_alive_connection_lost_before_any_answer(method: str, outcome: ob
     async def scenario() -> None:
         async with server, httpx.AsyncClient(transport=UserliTransport(max_idle=1)) as client:
             assert (await client.request(method, server.url)).status_code == 200
+            await rested()
             if outcome == 200:
                 assert (await client.request(method, server.url)).status_code == 200
                 assert server.connections == 2
@@ -221,8 +274,25 @@ def test_a_new_connection_closed_without_an_answer_is_an_error_not_a_retry() -> 
         b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\ntrue",
         b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1) + b"x" * (MAX_BODY + 1),
         b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"y" * 100_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n" + b"X-Many: y\r\n" * 7000 + b"\r\ntrue",
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 50 + OK_TRUE,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\ntrue\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -4\r\n\r\ntrue",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ntrue\r\n0\r\n\r\n",
     ],
-    ids=["not-http", "two-lengths", "body-too-large", "head-too-large"],
+    ids=[
+        "not-http",
+        "two-lengths",
+        "body-too-large",
+        "head-too-large",
+        "head-too-large-in-one-read",
+        "upgrade",
+        "informational-storm",
+        "bad-chunk-size",
+        "negative-length",
+        "length-and-chunked",
+    ],
 )
 def test_broken_or_oversized_answers_are_protocol_errors(answer: bytes) -> None:
     async def scenario() -> None:
@@ -232,6 +302,22 @@ def test_broken_or_oversized_answers_are_protocol_errors(answer: bytes) -> None:
                 with pytest.raises(httpx.RemoteProtocolError):
                     await get(transport, server.url)
             assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_large_answer_is_not_taken_for_a_large_head() -> None:
+    """The head limit counts head bytes only: a 900 kB body in the first read is a body."""
+    destinations = b'["' + b'","'.join(b"destination%06d@example.org" % i for i in range(30_000)) + b'"]'
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(destinations), destinations)
+    assert len(destinations) > MAX_HEAD * 10
+
+    async def scenario() -> None:
+        async with serving(answer) as server:
+            transport = UserliTransport(max_idle=1)
+            for _ in range(20):
+                assert len((await get(transport, server.url)).json()) == 30_000
+                await rested()
 
     run(scenario)
 
@@ -277,8 +363,10 @@ def test_idle_connections_are_bounded_and_expire() -> None:
             async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
                 await asyncio.gather(*(client.get("/") for _ in range(10)))
                 assert server.connections == 10
+                await rested()
                 await asyncio.gather(*(client.get("/") for _ in range(3)))
                 assert server.connections == 10  # three were kept
+                await rested()
                 await asyncio.gather(*(client.get("/") for _ in range(4)))
                 assert server.connections == 11
                 await asyncio.sleep(0.3)
@@ -288,19 +376,84 @@ def test_idle_connections_are_bounded_and_expire() -> None:
     run(scenario)
 
 
-def test_bytes_nobody_asked_for_drop_the_connection() -> None:
+NOT_TRUE = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 5\r\n\r\nfalse"
+
+
+def test_a_second_response_in_the_same_read_fails_the_request() -> None:
+    """Which of two responses is the answer? Neither can be trusted: TEMP, and a new connection."""
+
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        while True:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(OK_TRUE + b"HTTP/1.1 200 OK\r\n")  # a stray second answer begins
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write((NOT_TRUE + OK_TRUE) if n == 0 else OK_TRUE)
+        await writer.drain()
+        await reader.read()
 
     async def scenario() -> None:
         async with Scripted(handler) as server:
             transport = UserliTransport(max_idle=1)
-            assert (await get(transport, server.url)).status_code == 200
-            await asyncio.sleep(0.05)
-            assert (await get(transport, server.url)).status_code == 200
+            with pytest.raises(httpx.RemoteProtocolError, match="more than one"):
+                await get(transport, server.url)
+            assert (await get(transport, server.url)).json() is True
             assert server.connections == 2
+
+    run(scenario)
+
+
+def test_a_stray_while_idle_drops_the_connection() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE)
+            await writer.drain()
+            await asyncio.sleep(0.002)
+            writer.write(NOT_TRUE)  # unrequested, shortly after the answer
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=1)
+            for _ in range(5):  # as fast as a busy adapter: every answer must still be the right one
+                assert (await get(transport, server.url)).json() is True
+            assert server.connections == 5
+
+    run(scenario)
+
+
+def test_a_server_that_speaks_before_it_is_asked_is_not_believed() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(NOT_TRUE)  # on connect, before any request
+        await writer.drain()
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE)
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=1)
+            for _ in range(5):
+                with pytest.raises(httpx.RemoteProtocolError):
+                    await get(transport, server.url)
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("expiry", [0.0])
+def test_without_keep_alive_every_request_has_its_own_connection(expiry: float) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(OK_TRUE)
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(NOT_TRUE)  # a stray, long after: it can never meet another request
+
+    async def scenario() -> None:
+        async with Scripted(handler) as server:
+            transport = UserliTransport(max_idle=8, keepalive_expiry=expiry)
+            async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
+                for _ in range(3):
+                    assert [r.json() for r in await asyncio.gather(*(client.get("/") for _ in range(4)))] == [True] * 4
+                    await asyncio.sleep(0.06)
+            assert server.connections == 12
 
     run(scenario)
 
@@ -359,8 +512,9 @@ def test_https_with_the_system_or_a_given_trust_store() -> None:
         url = f"https://localhost:{server.sockets[0].getsockname()[1]}/"
         try:
             assert (await get(UserliTransport(max_idle=1, ssl_context=client_context), url)).json() is True
-            with pytest.raises(httpx.ConnectError):  # a private CA is not in the default trust store
+            with pytest.raises(httpx.ConnectError) as refused:  # a private CA is not in the default trust store
                 await get(UserliTransport(max_idle=1), url)
+            assert isinstance(refused.value.__cause__, ssl.SSLCertVerificationError)  # the reason, for the log
         finally:
             server.close()
 
@@ -390,7 +544,9 @@ def test_one_stale_connection_retires_the_other_idle_ones() -> None:
             async with httpx.AsyncClient(transport=transport, base_url=server.url) as client:
                 await asyncio.gather(*(client.get("/") for _ in range(3)))
                 assert server.connections == 3
+                await rested()
                 assert (await client.get("/")).status_code == 200
+                await rested()
                 assert (await client.get("/")).status_code == 200
             assert len(stale_requests) == 1
             assert server.connections == 4
