@@ -2,7 +2,13 @@
 
 HTTP parsing is h11's (the sans-I/O HTTP/1.1 library httpx itself is built on); this module only
 moves bytes between a socket and h11 and calls a route. It serves probes and scrapes, not the
-public: small, with timeouts, keep-alive and GET/HEAD only.
+public: small, with keep-alive and GET/HEAD only.
+
+It must not be possible to starve it: a liveness probe that cannot get in restarts the pod. Each
+request must arrive whole within ``REQUEST_TIMEOUT`` of the connection or of the previous
+answer (a byte every few seconds does not keep a connection), and when every slot is taken, the
+connection that has waited longest without a request being answered gives its slot to the new
+one, so a probe always gets in.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ __all__ = ["HttpServer", "Response", "Route", "json_response"]
 
 log = logging.getLogger("adapter.http")
 
-READ_TIMEOUT = 30.0  # an idle or slow probe connection is closed after this long
-MAX_CONNECTIONS = 64  # probes and scrapers, not mail traffic
+REQUEST_TIMEOUT = 10.0  # a whole request, from the connection or the previous answer
+MAX_CONNECTIONS = 256  # probes and scrapers, not mail traffic
 
 
 class Response:
@@ -46,8 +52,9 @@ class HttpServer:
         self._routes = routes
         self._server: asyncio.Server | None = None
         self._bound: ListenAddress | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        # Connection tasks in the order they last started waiting for a request; the value says
+        # whether a request is being answered (such a connection is never evicted).
+        self._tasks: dict[asyncio.Task[None], bool] = {}
 
     @property
     def bound(self) -> ListenAddress:
@@ -73,28 +80,38 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._tasks.add(task)
+        if len(self._tasks) >= MAX_CONNECTIONS:
+            self._evict_one()
+        self._tasks[task] = False
         try:
-            if self._slots.locked():
-                return  # too many probe connections: refuse by closing
-            async with self._slots:
-                await self._exchange(h11.Connection(h11.SERVER), reader, writer)
-        except (TimeoutError, ConnectionError, h11.ProtocolError):
+            await self._exchange(task, h11.Connection(h11.SERVER), reader, writer)
+        except (TimeoutError, ConnectionError, h11.ProtocolError, asyncio.CancelledError):
             pass
         finally:
-            self._tasks.discard(task)
+            self._tasks.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _exchange(self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _evict_one(self) -> None:
+        """Close the connection that has waited longest for its next request."""
+        oldest = next((task for task, answering in self._tasks.items() if not answering), None)
+        if oldest is not None:
+            del self._tasks[oldest]
+            oldest.cancel()
+
+    async def _exchange(
+        self, task: asyncio.Task[None], conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                data = await asyncio.wait_for(reader.read(65536), READ_TIMEOUT)
-                conn.receive_data(data)
+                async with asyncio.timeout_at(deadline):
+                    conn.receive_data(await reader.read(65536))
                 continue
             if isinstance(event, h11.Request):
+                self._tasks[task] = True
                 response = await self._route(event)
                 writer.write(_render(conn, event.method, response))
                 await writer.drain()
@@ -103,6 +120,10 @@ class HttpServer:
                 return
             if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                 conn.start_next_cycle()
+                if task in self._tasks:  # waiting again: to the end of the eviction order
+                    del self._tasks[task]
+                    self._tasks[task] = False
+                deadline = asyncio.get_running_loop().time() + REQUEST_TIMEOUT
 
     async def _route(self, request: h11.Request) -> Response:
         path = request.target.split(b"?", 1)[0].decode("ascii", "replace")

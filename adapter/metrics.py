@@ -32,6 +32,10 @@ from adapter.server import ListenerHooks
 __all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
 
 PREFIX = "userli_postfix_adapter"
+# Status codes userli and the proxies in front of it really answer, each a label of its own.
+STATUS_LABELS = {
+    code: str(code) for code in (200, 301, 302, 400, 401, 403, 404, 405, 415, 422, 429, 500, 502, 503, 504)
+}
 LOOKUP_STATUSES = ("success", "notfound", "error")
 CACHE_RESULTS = ("hit", "miss", "stale", "error")
 POLICY_STAGES = ("skip", "check")
@@ -148,8 +152,10 @@ class Metrics:
         """``status`` None means no HTTP response at all (timeout, refused, reset)."""
         if status is None:
             label = "error"
-        else:
-            label = str(status) if 100 <= status <= 599 else "other"
+        elif status in STATUS_LABELS:
+            label = STATUS_LABELS[status]
+        else:  # any other status in its class: a hostile userli cannot mint series
+            label = f"{status // 100}xx" if 100 <= status <= 599 else "other"
         key = (endpoint if endpoint in self._endpoints else "unknown", label)
         children = self._http_children.get(key)
         if children is None:

@@ -18,13 +18,14 @@ from adapter.redis_client import connect as connect_redis
 from adapter.resilience import ResilientUserli
 from adapter.sasl import Authenticator, SaslSession
 from adapter.server import Limits, Listener
-from adapter.userli import ENDPOINTS, Failure, UserliClient
+from adapter.userli import ENDPOINTS, Failure, Outcome, UserliClient
 
 __all__ = ["Service"]
 
 log = logging.getLogger("adapter.service")
 
 READY_TIMEOUT = 2.0  # /ready: userli must answer a cheap lookup within this long
+READY_MAX_AGE = 1.0  # /ready answers from a probe at most this old: a flood of probes is one call a second
 SASL_IDLE_TIMEOUT = 3600.0  # smtpd keeps its auth connection open while it lives; never close it first
 
 
@@ -50,6 +51,8 @@ class Service:
             config.metrics_address, {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
         )
         self.stopping = False
+        self._probe: asyncio.Task[Outcome] | None = None
+        self._probed_at = -READY_MAX_AGE
 
     async def start(self) -> None:
         try:
@@ -138,11 +141,21 @@ class Service:
     async def _health(self) -> Response:
         return json_response(200, {"status": "ok"})
 
+    async def _probe_userli(self) -> Outcome:
+        """userli's real state (past the breaker and the cache), probed at most once a second
+        whatever the number of /ready requests; concurrent requests share one probe."""
+        loop = asyncio.get_running_loop()
+        probe = self._probe
+        if probe is None or (probe.done() and loop.time() - self._probed_at >= READY_MAX_AGE):
+            self._probed_at = loop.time()
+            probe = self._probe = loop.create_task(self.userli.ready(READY_TIMEOUT))
+        return await asyncio.shield(probe)
+
     async def _ready(self) -> Response:
         if self.stopping:
             self.metrics.health_check_status.set(0)
             return json_response(503, {"status": "unavailable", "error": "shutting down"})
-        outcome = await self.userli.ready(READY_TIMEOUT)  # past the breaker: the real state of userli
+        outcome = await self._probe_userli()
         if isinstance(outcome, Failure):
             self.metrics.health_check_status.set(0)
             if outcome.transient and await self.resilient.can_serve_stale():

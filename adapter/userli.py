@@ -18,6 +18,7 @@ new reasons when they appear, and recoveries.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -175,7 +176,9 @@ class UserliClient:
 
     async def lookup(self, map_name: str, key: str, timeout: float | None = None) -> Outcome:
         """``GET /api/postfix/{map_name}/{key}``; ``key`` must already be canonical."""
-        response = await self._get(map_name, key, timeout)
+        return self._lookup_outcome(map_name, await self._get(map_name, key, timeout))
+
+    def _lookup_outcome(self, map_name: str, response: httpx.Response | Failure) -> Outcome:
         if isinstance(response, Failure):
             outcome: Outcome = response
         elif response.status_code != 200:
@@ -209,7 +212,9 @@ class UserliClient:
         return Quota(per_hour=limits[0], per_day=limits[1])
 
     async def ready(self, timeout: float) -> Outcome:
-        return await self.lookup("domain", READY_PROBE_DOMAIN, timeout=timeout)
+        """A cheap lookup, outside the call slots: readiness probes never queue behind mail."""
+        path = f"/api/postfix/domain/{READY_PROBE_DOMAIN}"
+        return self._lookup_outcome("domain", await self._send("domain", path, timeout, use_slot=False))
 
     async def authenticate(self, email: str, password: str, timeout: float) -> Authenticated | Refused | Failure:
         """``POST /api/postfix/auth``. Fail-closed: only a 200 saying "success" is a success, and
@@ -238,13 +243,19 @@ class UserliClient:
         return await self._send(endpoint, f"/api/postfix/{endpoint}/{quote(key, safe='@')}", timeout)
 
     async def _send(
-        self, endpoint: str, path: str, timeout: float | None, body: dict[str, str] | None = None
+        self,
+        endpoint: str,
+        path: str,
+        timeout: float | None,
+        body: dict[str, str] | None = None,
+        use_slot: bool = True,
     ) -> httpx.Response | Failure:
         """One request, timed and counted; transport problems become a Failure. GET, or POST a JSON body."""
         started = time.perf_counter()
         status: int | None = None
+        slot = self._in_flight if use_slot else contextlib.nullcontext()
         try:
-            async with asyncio.timeout(timeout or self._timeout), self._in_flight:
+            async with asyncio.timeout(timeout or self._timeout), slot:
                 response = await self._http.send(self._request(path, body, timeout))
             status = response.status_code
             return response

@@ -95,7 +95,8 @@ def test_outage_drill(start_adapter: StartAdapter, userli: UserliStub) -> None:
         time.sleep(0.6)  # past the breaker cooldown: the next lookup is the probe
         assert client.query("mailbox", "new@example.org") == "OK 1"  # fresh from userli again
         assert metric(adapter.http_url, "userli_postfix_adapter_userli_breaker_state") == 0
-        assert http_get(adapter.http_url + "/ready") == (200, {"status": "ready"})
+        # /ready answers from a probe at most a second old
+        wait_until(lambda: http_get(adapter.http_url + "/ready") == (200, {"status": "ready"}), timeout=3)
 
 
 def test_not_ready_when_userli_is_down_and_nothing_is_cached(start_adapter: StartAdapter, userli: UserliStub) -> None:

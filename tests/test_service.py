@@ -3,9 +3,12 @@ stand-in for userli, and /metrics, /health, /ready over real HTTP."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import RunningService, SocketmapClient, StartAdapter, UserliStub, netstring, wait_until
 
+from adapter import http as http_module
 from adapter.config import parse_listen_address
 
 
@@ -330,3 +334,40 @@ def test_an_unexpected_error_is_temp_and_the_connection_stays(adapter: RunningSe
             assert client.query("mailbox", "user@example.org") == "OK 1"
     finally:
         userli_client.lookup = original  # type: ignore[method-assign]
+
+
+def test_a_flood_of_ready_requests_is_one_userli_call_a_second(userli: UserliStub, adapter: RunningService) -> None:
+    """Probes must not compete with mail for userli's call slots, however many there are."""
+    userli.delay = 0.3
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(lambda _: http_get(adapter.http_url + "/ready")[0], range(200)))
+    assert answers == [200] * 200
+    probes = [p for p in userli.paths() if p.endswith("/health-check.invalid")]
+    assert 1 <= len(probes) <= 3, len(probes)
+
+
+def test_slow_clients_cannot_starve_the_liveness_probe(adapter: RunningService) -> None:
+    """Every slot held by a client that sends a byte now and then: /health still answers at once."""
+    port = adapter.service.http.bound.port
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(http_module.MAX_CONNECTIONS + 20)]
+    for sock in slow:
+        sock.sendall(b"G")
+    started = time.monotonic()
+    status, body, _ = http_get(adapter.http_url + "/health")
+    assert (status, json.loads(body)) == (200, {"status": "ok"})
+    assert time.monotonic() - started < 1.0
+    for sock in slow:
+        sock.close()
+
+
+def test_a_request_must_arrive_whole_in_time(adapter: RunningService, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_module, "REQUEST_TIMEOUT", 0.5)
+    sock = socket.create_connection(("127.0.0.1", adapter.service.http.bound.port), timeout=5)
+    started = time.monotonic()
+    with contextlib.suppress(OSError):
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\n":  # one byte every 0.1 s never completes
+            sock.sendall(bytes([byte]))
+            time.sleep(0.1)
+    assert sock.recv(100) == b""  # closed at the deadline, not kept alive by the trickle
+    assert time.monotonic() - started < 2.0
+    sock.close()

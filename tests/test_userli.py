@@ -174,3 +174,14 @@ def test_metrics_count_by_endpoint_and_status(httpx_mock: HTTPXMock) -> None:
     text = metrics.exposition()
     assert b'http_client_requests_total{endpoint="senders",status_code="503"} 1.0' in text
     assert b"x@example.org" not in text
+
+
+@pytest.mark.parametrize(
+    ("status", "label"), [(401, "401"), (503, "503"), (418, "4xx"), (299, "2xx"), (599, "5xx"), (103, "1xx")]
+)
+def test_status_labels_are_a_fixed_set(httpx_mock: HTTPXMock, status: int, label: str) -> None:
+    httpx_mock.add_response(status_code=status, json={"error": "x"})
+    _, metrics = lookup("senders", "x@example.org")
+    assert (
+        f'http_client_requests_total{{endpoint="senders",status_code="{label}"}} 1.0'.encode() in metrics.exposition()
+    )
