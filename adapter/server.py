@@ -24,6 +24,7 @@ from adapter.config import ListenAddress
 __all__ = ["Limits", "Listener", "ListenerHooks", "Session"]
 
 log = logging.getLogger("adapter.server")
+FRAMING_LOG_INTERVAL = 60.0  # seconds between two "broken framing" log lines of one listener
 
 # A request must arrive completely within this long of its first byte (slow-loris guard), and a
 # client that stops reading our replies is dropped after this long.
@@ -98,6 +99,8 @@ class Listener:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self.draining = False
+        self._framing_logged_at = -FRAMING_LOG_INTERVAL
+        self._framing_not_logged = 0
 
     @property
     def connection_count(self) -> int:
@@ -183,6 +186,20 @@ class Listener:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.address.path)
 
+    def framing_error(self, error: str) -> None:
+        """Count a connection closed for broken framing; log at most one line a minute, with
+        how many were closed since the last one (a flood of garbage is one line, not thousands)."""
+        self.hooks.framing_error()
+        now = asyncio.get_running_loop().time()
+        if now - self._framing_logged_at < FRAMING_LOG_INTERVAL:
+            self._framing_not_logged += 1
+            return
+        extra: dict[str, object] = {"listener": self.name, "error": error}
+        if self._framing_not_logged:
+            extra["closed_since_last_line"] = self._framing_not_logged
+        log.warning("broken framing; closing connection", extra=extra)
+        self._framing_logged_at, self._framing_not_logged = now, 0
+
     def _admit(self, connection: _Connection) -> bool | None:
         """True: in the pool. False: over the limit, answer busy. None: drop at once."""
         if len(self._active) < self.limits.max_connections and not self.draining:
@@ -250,10 +267,7 @@ class _Connection(asyncio.Protocol):
         try:
             requests = self._session.receive(data)
         except ValueError as exc:
-            log.warning(
-                "broken framing; closing connection", extra={"listener": self._listener.name, "error": str(exc)}
-            )
-            self._listener.hooks.framing_error()
+            self._listener.framing_error(str(exc))
             self._queue.clear()
             transport.close()
             return

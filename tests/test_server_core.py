@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import stat
@@ -440,3 +441,15 @@ def test_running_out_of_file_descriptors_pauses_accepting_instead_of_spinning(
     assert time.monotonic() - started >= 0.25
     assert "cannot accept connections" in caplog.text
     client.sock.close()
+
+
+def test_a_flood_of_broken_framing_is_one_log_line_a_minute(core: Core, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="adapter.server"):
+        for _ in range(30):
+            client = core.connect()
+            client.sock.sendall(b"BAD\n")
+            assert client.closed_by_server()
+            client.sock.close()
+    wait_until(lambda: core.counters.framing_errors == 30)  # every one counted
+    lines = [r for r in caplog.records if r.getMessage() == "broken framing; closing connection"]
+    assert len(lines) == 1
