@@ -83,15 +83,16 @@ def main() -> None:
     base, limits = f"http://{address}", httpx.Limits(max_connections=32, max_keepalive_connections=32)
 
     def adapter(**options: float) -> Callable[[], httpx.AsyncClient]:
-        return lambda: httpx.AsyncClient(
-            base_url=base, transport=UserliTransport(max_idle=32, **options), trust_env=False
-        )
+        options.setdefault("max_idle", 32)
+        return lambda: httpx.AsyncClient(base_url=base, transport=UserliTransport(**options), trust_env=False)
 
     variants = sys.argv[1:] or ["default", "rest", "no-keepalive", "httpx"]
     known: dict[str, Callable[[], httpx.AsyncClient]] = {
         "default": adapter(rest=0, settle=0),
         # issue 13: a used connection rests 5 ms before reuse, a new one waits 2 ms before its request
         "rest": adapter(rest=0.005, settle=0.002),
+        "rest20": adapter(rest=0.02, settle=0.002),
+        "rest20-idle128": adapter(max_idle=128, rest=0.02, settle=0.002),
         "no-keepalive": adapter(keepalive_expiry=0, rest=0, settle=0),
         "no-keepalive+settle": adapter(keepalive_expiry=0, rest=0, settle=0.002),
         "httpx": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
