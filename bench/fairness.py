@@ -18,23 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import RunningService, SocketmapClient, UserliStub, config_for, netstring
+from helpers import RunningService, SocketmapClient, UserliStub, config_for, pipeline_without_reading
 
 FLOOD_SECONDS = 12.0
-
-
-def flood(port: int) -> None:
-    import socket
-
-    os.sched_setaffinity(0, {1})
-    sock = socket.create_connection(("127.0.0.1", port))
-    payload = netstring(b"alias *") * 1000
-    deadline = time.monotonic() + FLOOD_SECONDS
-    try:
-        while time.monotonic() < deadline:
-            sock.sendall(payload)
-    except OSError:
-        pass
 
 
 def main() -> None:
@@ -43,7 +29,10 @@ def main() -> None:
     stub = UserliStub().start()
     running = RunningService(config_for(stub.url))
     port = running.socketmap_port
-    processes = [multiprocessing.Process(target=flood, args=(port,), daemon=True) for _ in range(flooders)]
+    processes = [
+        multiprocessing.Process(target=pipeline_without_reading, args=(port, FLOOD_SECONDS, 1), daemon=True)
+        for _ in range(flooders)
+    ]
     try:
         with SocketmapClient(port, timeout=60) as client:
             client.query("mailbox", "user@example.org")  # cached from here on

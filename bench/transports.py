@@ -3,7 +3,7 @@ client API, against the bench's userli stand-in: requests/s at 1, 10, 32 and 200
 flight (median of 3 interleaved runs).
 
     pip install httpx-aiohttp   # optional; not a dependency of the adapter
-    python bench/transports.py [default rest no-keepalive no-keepalive+settle httpx httpx-aiohttp]
+    python bench/transports.py [shipped no-rest rest20-idle32 no-keepalive no-keepalive-no-settle httpx httpx-aiohttp]
 """
 
 from __future__ import annotations
@@ -86,15 +86,14 @@ def main() -> None:
         options.setdefault("max_idle", 32)
         return lambda: httpx.AsyncClient(base_url=base, transport=UserliTransport(**options), trust_env=False)
 
-    variants = sys.argv[1:] or ["default", "rest", "no-keepalive", "httpx"]
+    variants = sys.argv[1:] or ["shipped", "no-rest", "no-keepalive", "httpx", "httpx-aiohttp"]
     known: dict[str, Callable[[], httpx.AsyncClient]] = {
-        "default": adapter(rest=0, settle=0),
-        # issue 13: a used connection rests 5 ms before reuse, a new one waits 2 ms before its request
-        "rest": adapter(rest=0.005, settle=0.002),
-        "rest20": adapter(rest=0.02, settle=0.002),
-        "rest20-idle128": adapter(max_idle=128, rest=0.02, settle=0.002),
-        "no-keepalive": adapter(keepalive_expiry=0, rest=0, settle=0),
-        "no-keepalive+settle": adapter(keepalive_expiry=0, rest=0, settle=0.002),
+        # as the adapter builds it (userli.py): 128 idle, used connections rest 20 ms, new ones settle 2 ms
+        "shipped": adapter(max_idle=128),
+        "no-rest": adapter(max_idle=128, rest=0, settle=0),  # before issue 13
+        "rest20-idle32": adapter(max_idle=32),
+        "no-keepalive": adapter(keepalive_expiry=0),  # USERLI_KEEPALIVE=0
+        "no-keepalive-no-settle": adapter(keepalive_expiry=0, settle=0),
         "httpx": lambda: httpx.AsyncClient(base_url=base, limits=limits, trust_env=False),
     }
     clients = {name: known[name] for name in variants if name in known}

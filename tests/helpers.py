@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -410,3 +411,18 @@ def metric(http_url: str, series: str) -> float:
             if line.startswith(series + " "):
                 return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def pipeline_without_reading(port: int, seconds: float, cpu: int | None = None) -> None:
+    """A socketmap client that floods locally answered requests and never reads a reply (run it
+    in a process of its own; ``cpu`` pins it, so a benchmark measures the server, not it)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    sock = socket.create_connection(("127.0.0.1", port), timeout=seconds + 5)
+    payload = netstring(b"alias *") * 1000
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            sock.sendall(payload)
+    except OSError:
+        pass

@@ -6,6 +6,7 @@ import pwd
 from pathlib import Path
 
 import pytest
+import trustme
 
 from adapter.config import Config, ConfigError, ListenAddress, parse_duration, parse_listen_address
 
@@ -259,3 +260,49 @@ def test_parse_duration(text: str, seconds: float) -> None:
 )
 def test_parse_listen_address(text: str, address: ListenAddress) -> None:
     assert parse_listen_address(text) == address
+
+
+def test_userli_keepalive_and_tls_files(tmp_path: Path) -> None:
+    authority = trustme.CA()
+    ca_file, cert_file = tmp_path / "ca.pem", tmp_path / "client.pem"
+    authority.cert_pem.write_to_path(str(ca_file))
+    authority.issue_cert("adapter").private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    defaults = Config.from_env({"USERLI_TOKEN": "abc"})
+    assert defaults.userli_keepalive == 4.0 and not defaults.userli_tls.custom
+    config = Config.from_env(
+        {
+            "USERLI_TOKEN": "abc",
+            "USERLI_KEEPALIVE": "0",
+            "USERLI_CA_FILE": str(ca_file),
+            "USERLI_CLIENT_CERT": str(cert_file),
+        }
+    )
+    assert config.userli_keepalive == 0
+    assert (config.userli_tls.ca_file, config.userli_tls.client_cert) == (str(ca_file), str(cert_file))
+    standard = Config.from_env({"USERLI_TOKEN": "abc", "SSL_CERT_FILE": str(ca_file)})  # OpenSSL's own variable
+    assert standard.userli_tls.ca_file == str(ca_file)
+    assert str(ca_file) in str(config.summary()) and "abc" not in str(config.summary())
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"USERLI_CA_FILE": "/nonexistent/ca.pem"}, "USERLI_CA_FILE"),
+        ({"SSL_CERT_FILE": "/nonexistent/ca.pem"}, "SSL_CERT_FILE"),
+        ({"USERLI_CLIENT_CERT": "/nonexistent/client.pem"}, "USERLI_CLIENT_CERT"),
+        ({"USERLI_CLIENT_KEY": "/x/key.pem"}, "USERLI_CLIENT_KEY"),
+        ({"USERLI_KEEPALIVE": "forever"}, "USERLI_KEEPALIVE"),
+    ],
+)
+def test_tls_and_keepalive_errors_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"USERLI_TOKEN": "abc", **env})
+    assert str(caught.value).startswith(f"{variable}: ")
+
+
+def test_a_ca_file_that_is_not_pem_stops_the_start(tmp_path: Path) -> None:
+    bogus = tmp_path / "ca.pem"
+    bogus.write_text("not a certificate")
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"USERLI_TOKEN": "abc", "USERLI_CA_FILE": str(bogus)})
+    assert str(caught.value).startswith("USERLI_CA_FILE: cannot load CA certificates")

@@ -12,7 +12,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import RunningService, SocketmapClient, UserliStub, config_for, metric, netstring, wait_until
+from helpers import (
+    RunningService,
+    SocketmapClient,
+    UserliStub,
+    config_for,
+    metric,
+    netstring,
+    pipeline_without_reading,
+    wait_until,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -214,27 +223,13 @@ async def _task_count() -> int:
     return len(asyncio.all_tasks())
 
 
-def _pipeline_without_reading(port: int, seconds: float) -> None:
-    """A client that floods locally answered requests and never reads a reply."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=seconds + 5)
-    payload = netstring(b"alias *") * 1000
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            sock.sendall(payload)
-    except OSError:
-        pass
-
-
 def test_clients_that_never_read_do_not_starve_the_others() -> None:
     """20 such clients took a well-behaved lookup 14-17 s (until the stall timeout cut them);
     each connection now gets a bounded slice of the loop (bench/fairness.py has the numbers)."""
     stub = UserliStub().start()
     running = RunningService(config_for(stub.url))
     context = multiprocessing.get_context("spawn")
-    flooders = [
-        context.Process(target=_pipeline_without_reading, args=(running.socketmap_port, 6.0)) for _ in range(20)
-    ]
+    flooders = [context.Process(target=pipeline_without_reading, args=(running.socketmap_port, 6.0)) for _ in range(20)]
     try:
         with SocketmapClient(running.socketmap_port, timeout=30) as client:
             assert client.query("mailbox", "user@example.org") == "OK 1"  # cached from here on
