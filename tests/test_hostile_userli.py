@@ -30,6 +30,7 @@ from adapter.tls import TlsFiles
 # RESET to close with a TCP reset.
 Script = Callable[[int, int, bytes], "bytes | list[bytes] | None"]
 RESET = [b"<reset>"]
+HALF_CLOSE = [b"<half-close>"]  # shutdown(SHUT_WR) after what came before it, then read on
 
 WRONG = b'["intruder@evil.example"]'
 
@@ -117,6 +118,11 @@ class HostileUserli:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     return
                 for piece in [out] if isinstance(out, bytes) else out:
+                    if piece is HALF_CLOSE[0]:
+                        sock.shutdown(socket.SHUT_WR)
+                        while sock.recv(65536):
+                            pass
+                        return
                     sock.sendall(piece)
                     if not isinstance(out, bytes):
                         time.sleep(self.gap)
@@ -297,6 +303,17 @@ def test_a_connection_reset_is_temp(adapter: RunningService, hostile: HostileUse
     with SocketmapClient(adapter.socketmap_port) as client:
         for _ in range(3):
             assert client.query("alias", "alias@example.org").startswith("TEMP ")
+        assert_right_afterwards(adapter, hostile, client)
+
+
+def test_half_closes(adapter: RunningService, hostile: HostileUserli) -> None:
+    """An answer without a length ends where the server half-closes: whole. No answer: TEMP."""
+    close_delimited = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n["user@example.org"]'
+    hostile.script = lambda conn, n, honest: [close_delimited, *HALF_CLOSE]
+    with SocketmapClient(adapter.socketmap_port) as client:
+        assert client.query("alias", "alias@example.org") == "OK user@example.org"
+        hostile.script = lambda conn, n, honest: HALF_CLOSE
+        assert client.query("alias", "alias@example.org").startswith("TEMP ")
         assert_right_afterwards(adapter, hostile, client)
 
 
