@@ -4,6 +4,8 @@ only fails here."""
 
 from __future__ import annotations
 
+import copy
+import os
 import re
 import shutil
 import subprocess
@@ -164,7 +166,7 @@ def test_compose_adapter_environment(compose: dict[str, Any], tmp_path: Path) ->
     assert f"inet:adapter:{config.sasl_address.port}" in postfix
     published = {port.split(":")[-1] for port in compose["services"]["adapter"]["ports"]}
     assert published == {str(config.metrics_address.port)}
-    assert environment["USERLI_BASE_URL"] == "http://userli"
+    assert environment["USERLI_BASE_URL"] == "http://userli-web"  # the web server, not the FPM container
     assert parse_listen_address(environment["METRICS_LISTEN_ADDR"]).port == 10002
 
 
@@ -172,12 +174,81 @@ def test_compose_start_order(compose: dict[str, Any]) -> None:
     services = compose["services"]
     adapter = services["adapter"]["depends_on"]
     assert adapter["userli-init"]["condition"] == "service_completed_successfully"
-    assert adapter["userli"]["condition"] == "service_healthy"
+    assert adapter["userli-web"]["condition"] == "service_healthy"
     assert adapter["redis"]["condition"] == "service_healthy"
+    assert services["userli-web"]["depends_on"]["userli"]["condition"] == "service_healthy"
+    assert services["userli"]["depends_on"]["userli-init"]["condition"] == "service_completed_successfully"
     assert services["postfix"]["depends_on"]["adapter"]["condition"] == "service_healthy"
-    for name in ("userli", "mariadb", "redis"):
+    for name in ("userli", "userli-web", "mariadb", "redis"):
         assert "healthcheck" in services[name], name
     assert services["adapter"]["environment"]["REDIS_URL"].startswith("redis://redis:")
+
+
+def test_compose_userli_is_fpm_behind_nginx_with_its_worker(compose: dict[str, Any]) -> None:
+    """systemli/userli is PHP-FPM on port 9000 with no web server inside (userli-api.md)."""
+    services = compose["services"]
+    web = services["userli-web"]
+    assert web["image"].startswith("nginx:")
+    conf = next(v for v in web["volumes"] if v.startswith("./docker/userli-nginx.conf:"))
+    assert conf.split(":")[1] == "/etc/nginx/conf.d/default.conf"
+    assert "fastcgi_pass userli:9000;" in (ROOT / "docker" / "userli-nginx.conf").read_text()
+    # The FPM healthcheck asks PHP-FPM's port; no check asks a web server the image lacks.
+    assert "9000" in " ".join(services["userli"]["healthcheck"]["test"])
+    assert "localhost/" not in str(services["userli"]["healthcheck"])
+    assert "/login" in " ".join(web["healthcheck"]["test"])
+    # public/ reaches nginx through a volume the init fills from the userli image.
+    assert "userli-public:/var/www/html/public:ro" in web["volumes"]
+    assert "userli-public:/srv/userli-public" in services["userli-init"]["volumes"]
+    init = (ROOT / "docker" / "userli-init.sh").read_text()
+    assert "cp -a /var/www/html/public/. /srv/userli-public/" in init
+    assert "doctrine:fixtures:load --group=basic --append" in init
+    # userli's cache is invalidated through its queue: the worker must run.
+    worker = services["userli-worker"]
+    assert worker["image"] == services["userli"]["image"]
+    assert worker["command"][:4] == ["php", "bin/console", "messenger:consume", "async"]
+    # Every mail (userli's, Postfix's) goes to the catcher that exists here.
+    assert services["userli"]["environment"]["MAILER_DSN"].startswith("smtp://mailpit:1025")
+    assert "mailpit" in services and "mailcatcher" not in str(compose)
+    assert set(services["postfix"]["environment"]["ALLOWED_SENDER_DOMAINS"].split()[:2]) == {
+        "example.org",
+        "example.com",
+    }
+
+
+def test_nginx_accepts_the_userli_configuration(tmp_path: Path) -> None:
+    """nginx's own check. The one change: the FPM host, which only compose's network resolves."""
+    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if nginx is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is missing in CI: .ci/run must install the nginx-light package")
+        pytest.skip("nginx is not installed (apt-get install nginx-light)")
+    server = (ROOT / "docker" / "userli-nginx.conf").read_text().replace("userli:9000", "127.0.0.1:9000")
+    (tmp_path / "userli.conf").write_text(server)
+    shutil.copy("/etc/nginx/fastcgi_params", tmp_path / "fastcgi_params")
+    (tmp_path / "nginx.conf").write_text(
+        f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
+        f"http {{ access_log off; client_body_temp_path {tmp_path}; include {tmp_path}/userli.conf; }}\n"
+    )
+    result = subprocess.run(
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+def test_one_image_reference_everywhere(
+    compose: dict[str, Any], manifests: dict[tuple[str, str], dict[str, Any]]
+) -> None:
+    """The image a user pulls: the same in compose, Kubernetes, the README and the release workflow."""
+    from adapter import __version__
+
+    image = compose["services"]["adapter"]["image"]
+    repository, tag = image.rsplit(":", 1)
+    assert tag == __version__
+    container = manifests[("Deployment", "userli-postfix-adapter")]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == image
+    assert image in (ROOT / "README.md").read_text()
+    assert repository in (ROOT / ".github" / "workflows" / "release.yml").read_text()
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -271,3 +342,121 @@ def test_service_pdb_hpa_and_redis_fit_together(manifests: dict[tuple[str, str],
     assert ("StatefulSet", host) in manifests
     monitor = load_all(K8S / "servicemonitor.yaml")[0]
     assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+# How the kubelet lays out Secret, ConfigMap and projected volumes: every file owned by root,
+# its group the pod's fsGroup when set (else root), its mode the item's `mode`, else the volume's
+# `defaultMode`, else 0644. The container's process has runAsUser, runAsGroup (else 0), and as
+# supplementary groups the fsGroup and supplementalGroups.
+FILE_VARIABLES = ("USERLI_TOKEN_FILE", "USERLI_CA_FILE", "USERLI_CLIENT_CERT", "USERLI_CLIENT_KEY", "SSL_CERT_FILE")
+
+
+Manifests = dict[tuple[str, str], dict[str, Any]]
+
+
+def kubelet_files(
+    pod: dict[str, Any], container: dict[str, Any], manifests: Manifests
+) -> dict[str, tuple[int, int, int]]:
+    """path -> (uid, gid, mode) of every file the kubelet writes into ``container``'s volumes."""
+    fs_group = pod.get("securityContext", {}).get("fsGroup")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    files: dict[str, tuple[int, int, int]] = {}
+    for mount in container.get("volumeMounts", []):
+        volume = volumes[mount["name"]]
+        sources = [volume] if "projected" not in volume else volume["projected"]["sources"]
+        default_mode = volume.get("projected", volume).get("defaultMode")
+        for source in sources:
+            kind = "secret" if "secret" in source else "configMap" if "configMap" in source else None
+            if kind is None:
+                continue
+            spec = source[kind]
+            mode = spec.get("defaultMode", default_mode if default_mode is not None else 0o644)
+            items = spec.get("items") or [{"key": key, "path": key} for key in keys_of(kind, spec, manifests)]
+            for item in items:
+                files[f"{mount['mountPath']}/{item['path']}"] = (0, fs_group or 0, item.get("mode", mode))
+    return files
+
+
+def keys_of(kind: str, spec: dict[str, Any], manifests: Manifests) -> list[str]:
+    name = spec.get("secretName") or spec.get("name")
+    resource = manifests[("Secret" if kind == "secret" else "ConfigMap", name)]
+    return list({**resource.get("data", {}), **resource.get("stringData", {})})
+
+
+def readable(file: tuple[int, int, int], uid: int, groups: set[int]) -> bool:
+    owner, group, mode = file
+    if uid == owner:
+        return bool(mode & 0o400)
+    if group in groups:
+        return bool(mode & 0o040)
+    return bool(mode & 0o004)
+
+
+def test_the_container_user_can_read_every_file_the_adapter_reads(
+    manifests: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    """The kubelet writes the token Secret as root; with fsGroup its group is the pod's, and 0440
+    is readable by UID 10001. Without fsGroup the adapter crash-looped (issue 14)."""
+    pod = manifests[("Deployment", "userli-postfix-adapter")]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    uid, gid = security["runAsUser"], security.get("runAsGroup", 0)
+    groups = {gid, *security.get("supplementalGroups", [])} | (
+        {security["fsGroup"]} if "fsGroup" in security else set()
+    )
+    files = kubelet_files(pod, container, manifests)
+    environment = manifests[("ConfigMap", "userli-postfix-adapter")]["data"]
+    wanted = [environment[name] for name in FILE_VARIABLES if environment.get(name)]
+    assert environment["USERLI_TOKEN_FILE"] in wanted
+    for path in wanted:
+        assert path in files, f"{path} is in no mounted Secret or ConfigMap"
+        assert readable(files[path], uid, groups), f"UID {uid} (groups {groups}) cannot read {path}: {files[path]}"
+
+
+def test_the_model_sees_the_crash_loop_it_guards_against(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Without fsGroup the same manifest gives a root:root 0440 token: unreadable for UID 10001."""
+    pod = copy.deepcopy(manifests[("Deployment", "userli-postfix-adapter")]["spec"]["template"]["spec"])
+    del pod["securityContext"]["fsGroup"]
+    token = manifests[("ConfigMap", "userli-postfix-adapter")]["data"]["USERLI_TOKEN_FILE"]
+    file = kubelet_files(pod, pod["containers"][0], manifests)[token]
+    assert file == (0, 0, 0o440)
+    assert not readable(file, 10001, {10001})
+
+
+# --- Publishing -------------------------------------------------------------------------------
+
+
+def test_release_workflow_passes_actionlint_and_publishes_the_documented_image(compose: dict[str, Any]) -> None:
+    workflow_path = ROOT / ".github" / "workflows" / "release.yml"
+    result = subprocess.run([tool("actionlint"), str(workflow_path)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    workflow = yaml.safe_load(workflow_path.read_text())
+    assert workflow["env"]["IMAGE"] == compose["services"]["adapter"]["image"].rsplit(":", 1)[0]
+    assert workflow[True]["push"]["tags"] == ["v*"]  # YAML 1.1 reads the key "on" as true
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    build = next(step for step in steps if str(step.get("uses", "")).startswith("docker/build-push-action@"))
+    assert set(build["with"]["platforms"].split(",")) == {"linux/amd64", "linux/arm64"}
+    assert "sed -n 's/^__version__ = \"\\(.*\\)\"$/\\1/p' adapter/__init__.py" in workflow_path.read_text()
+    version = re.search(r'^__version__ = "(.*)"$', (ROOT / "adapter" / "__init__.py").read_text(), re.M)
+    assert version is not None  # the line the workflow reads is there, in that form
+
+
+def test_the_readme_walk_through_matches_the_compose_file(compose: dict[str, Any]) -> None:
+    """Every address, service and port the walk-through uses is one the compose file has."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("### A whole mail stack with docker compose") : readme.index("### Kubernetes")]
+    services = compose["services"]
+    published = {
+        int(port.split(":")[-2]): name for name, service in services.items() for port in service.get("ports", [])
+    }
+    for port in {int(p) for p in re.findall(r"localhost:(\d+)", section)} | {
+        int(p) for p in re.findall(r'SMTP\("localhost", (\d+)\)', section)
+    }:
+        assert port in published, f"localhost:{port} is published by no service"
+    assert published[2525] == "postfix" and published[8025] == "mailpit" and published[8000] == "userli-web"
+    for service in re.findall(r"docker compose exec (\S+)", section):
+        assert service in services, service
+    socketmap_port = port_of(services["adapter"]["environment"]["SOCKETMAP_LISTEN_ADDR"])
+    for host, port, name in re.findall(r"socketmap:inet:(\w+):(\d+):(\w+)", section):
+        assert (host, int(port)) == ("adapter", socketmap_port) and name in ("alias", "domain", "mailbox", "senders")
+    assert set(re.findall(r"^\| `([\w-]+)`", section, re.M)) | {"redis"} == set(services)
