@@ -272,10 +272,10 @@ def test_a_remembered_request_always_gets_the_current_answer() -> None:
 
 
 def test_remembered_requests_are_bounded() -> None:
-    lookups = Lookups(ChangingSource(), Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS))
-    for i in range(Lookups.MAX_PLANS * 3):
+    lookups = Lookups(ChangingSource(), Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS), size=1000)
+    for i in range(1000 * 5):
         assert lookups.answer_now(b"mailbox user%d@example.org" % i) == netstring(b"NOTFOUND ")
-    assert 0 < len(lookups._plans) <= Lookups.MAX_PLANS
+    assert 0 < len(lookups._plans) + len(lookups._older) <= 2 * 1000
     long_key = b"mailbox " + b"a" * Lookups.MAX_PLANNED_PAYLOAD + b"@example.org"
     assert lookups.answer_now(long_key) == netstring(b"NOTFOUND ")
     assert long_key not in lookups._plans  # a client cannot fill memory with long payloads
