@@ -96,7 +96,10 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, on_lost: Callable[[_Connection], None]) -> None:
         self._on_lost = on_lost
-        self._parser = httptools.HttpResponseParser(self)
+        # The parser holds this connection's callbacks, a reference cycle: it lives only while
+        # the connection does (connection_made to connection_lost), so that a connection, and a
+        # refused one above all, is freed by reference counting, not by the cyclic collector.
+        self._parser: httptools.HttpResponseParser | None = None
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[_Response] | None = None
         self._response = _Response()
@@ -114,6 +117,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._parser = httptools.HttpResponseParser(self)
         sock = transport.get_extra_info("socket")
         self._socket = sock if QUICKACK is not None and sock is not None and sock.family != socket.AF_UNIX else None
 
@@ -132,10 +136,13 @@ class _Connection(asyncio.Protocol):
             self._fail(httpx.RemoteProtocolError("userli sent data before it was asked"))
             self.close()
             return
+        parser = self._parser
+        if parser is None:  # nothing arrives after connection_lost; the check is for the type
+            return
         self._answered = True
         head_was_done = self._response.head_done
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except Exception as exc:  # HttpParserError, HttpParserUpgrade (101), anything llhttp raises
             self._fail(httpx.RemoteProtocolError(f"invalid HTTP response ({exc.__class__.__name__})"))
             return
@@ -165,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._fail(_Disconnected(self._answered))
         self._on_lost(self)
+        self._parser = None
 
     # httptools callbacks
 
@@ -188,7 +196,7 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         response = self._response
         response.head_done = True
-        response.status = self._parser.get_status_code()
+        response.status = self._parser.get_status_code() if self._parser is not None else 0
         # The head counted as head, whatever else the read held: "HTTP/1.1 200 " + reason,
         # "name: value" lines and the blank line.
         response.head_size = 15 + len(response.reason) + sum(len(n) + len(v) + 4 for n, v in response.headers)
@@ -201,7 +209,7 @@ class _Connection(asyncio.Protocol):
         if 100 <= self._response.status < 200:  # informational: the real answer follows
             self._informational += 1
             return
-        self._done, self._keep_alive = True, self._parser.should_keep_alive()
+        self._done, self._keep_alive = True, self._parser is not None and self._parser.should_keep_alive()
 
     # the connection's user
 
@@ -228,7 +236,9 @@ class _Connection(asyncio.Protocol):
         except TimeoutError:
             raise httpx.ReadTimeout("userli did not answer in time") from None
         finally:
-            self._waiter = None
+            # A failed waiter holds its exception, whose traceback holds this frame: without
+            # the local cleared, that is a cycle only the cyclic collector frees.
+            self._waiter = waiter = None
 
     def _complete(self, keep_alive: bool) -> None:
         if self._waiter is not None and not self._waiter.done():
