@@ -217,8 +217,7 @@ class UserliClient:
 
     async def ready(self, timeout: float) -> Outcome:
         """A cheap lookup, outside the call slots: readiness probes never queue behind mail."""
-        path = f"/api/postfix/domain/{READY_PROBE_DOMAIN}"
-        return self._lookup_outcome("domain", await self._send("domain", path, timeout, use_slot=False))
+        return self._lookup_outcome("domain", await self._get("domain", READY_PROBE_DOMAIN, timeout, use_slot=False))
 
     async def authenticate(self, email: str, password: str, timeout: float) -> Authenticated | Refused | Failure:
         """``POST /api/postfix/auth``. Fail-closed: only a 200 saying "success" is a success, and
@@ -241,10 +240,13 @@ class UserliClient:
             return Failure("userli has no auth route", transient=False, hint=ROUTE_HINTS["auth"])
         return _error_status(response)
 
-    async def _get(self, endpoint: str, key: str, timeout: float | None = None) -> httpx.Response | Failure:
+    async def _get(
+        self, endpoint: str, key: str, timeout: float | None = None, use_slot: bool = True
+    ) -> httpx.Response | Failure:
         # The key is one path segment: '/', '?', '#', '%' and non-ASCII are percent-encoded, and
         # keys.py never lets '.' or '..' through, so no key can reach another path.
-        return await self._send(endpoint, f"/api/postfix/{endpoint}/{quote(key, safe='@')}", timeout)
+        path = f"/api/postfix/{endpoint}/{quote(key, safe='@')}"
+        return await self._send(endpoint, path, timeout, use_slot=use_slot)
 
     async def _send(
         self,

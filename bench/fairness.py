@@ -10,17 +10,13 @@ percentile and maximum of 40 lookups, 100 ms apart.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from helpers import RunningService, SocketmapClient, UserliStub, config_for, pipeline_without_reading
-
-FLOOD_SECONDS = 12.0
+from helpers import RunningService, UserliStub, config_for, waits_behind_flooders
 
 
 def main() -> None:
@@ -28,33 +24,18 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     stub = UserliStub().start()
     running = RunningService(config_for(stub.url))
-    port = running.socketmap_port
-    processes = [
-        multiprocessing.Process(target=pipeline_without_reading, args=(port, FLOOD_SECONDS, 1), daemon=True)
-        for _ in range(flooders)
-    ]
     try:
-        with SocketmapClient(port, timeout=60) as client:
-            client.query("mailbox", "user@example.org")  # cached from here on
-            for process in processes:
-                process.start()
-            time.sleep(1.0)
-            waits = []
-            for _ in range(40):
-                started = time.monotonic()
-                client.query("mailbox", "user@example.org")
-                waits.append((time.monotonic() - started) * 1000)
-                time.sleep(0.1)
-        waits.sort()
-        print(
-            f"{flooders} flooders: median {statistics.median(waits):.1f} ms, "
-            f"p90 {waits[int(len(waits) * 0.9) - 1]:.1f} ms, max {waits[-1]:.1f} ms"
+        waits = waits_behind_flooders(
+            running.socketmap_port, flooders, lookups=40, gap=0.1, flood_seconds=12.0, cpu=1, start_method="fork"
         )
     finally:
-        for process in processes:
-            process.kill()
         running.stop()
         stub.stop()
+    waits = sorted(wait * 1000 for wait in waits)
+    print(
+        f"{flooders} flooders: median {statistics.median(waits):.1f} ms, "
+        f"p90 {waits[int(len(waits) * 0.9) - 1]:.1f} ms, max {waits[-1]:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -426,3 +427,41 @@ def pipeline_without_reading(port: int, seconds: float, cpu: int | None = None) 
             sock.sendall(payload)
     except OSError:
         pass
+
+
+def waits_behind_flooders(
+    port: int,
+    flooders: int,
+    lookups: int,
+    gap: float,
+    flood_seconds: float,
+    cpu: int | None = None,
+    start_method: str = "spawn",
+) -> list[float]:
+    """Seconds each of ``lookups`` cached lookups waited, ``gap`` apart, while ``flooders``
+    processes pipeline requests at the socketmap ``port`` without reading a reply.
+
+    ``spawn`` is safe inside pytest; a benchmark pinning the flooders wants ``fork``, whose
+    processes are on their CPU at once instead of starting an interpreter beside the server."""
+    context = multiprocessing.get_context(start_method)
+    processes = [
+        context.Process(target=pipeline_without_reading, args=(port, flood_seconds, cpu), daemon=True)
+        for _ in range(flooders)
+    ]
+    try:
+        with SocketmapClient(port, timeout=60) as client:
+            assert client.query("mailbox", "user@example.org") == "OK 1"  # cached from here on
+            for process in processes:
+                process.start()
+            time.sleep(1.5)  # the flooders have filled their buffers
+            waits = []
+            for _ in range(lookups):
+                started = time.monotonic()
+                assert client.query("mailbox", "user@example.org") == "OK 1"
+                waits.append(time.monotonic() - started)
+                time.sleep(gap)
+        return waits
+    finally:
+        for process in processes:
+            process.kill()
+            process.join(5)
