@@ -1,4 +1,4 @@
-"""Lookup caches: a bounded in-process LRU tier and an optional shared Redis tier.
+"""Lookup caches: a bounded in-process tier (lookup_cache.py) and an optional shared Redis tier.
 
 Both store the last known answer of userli per (map, canonical key) and say how old it is; the
 ``Freshness`` policy decides what an age means:
@@ -32,12 +32,14 @@ import redis.asyncio as redis
 
 from adapter.userli import NOT_FOUND, Found, NotFound
 
-__all__ = ["STALE_NOTFOUND_MAPS", "Answer", "Entry", "Freshness", "MemoryCache", "RedisCache"]
+__all__ = ["STALE_NOTFOUND_MAPS", "Answer", "Entry", "Freshness", "Generations", "MemoryCache", "RedisCache"]
 
 log = logging.getLogger("adapter.cache")
 
 Answer = Found | NotFound  # what the lookup cache holds; failures are never cached
 T = TypeVar("T")
+K = TypeVar("K")
+V = TypeVar("V")
 
 REDIS_BACKOFF = 2.0  # after a Redis error, lookups skip Redis for this long
 # Not the Go adapter's "userli:lookup:": there the same key holds only OK replies, kept for
@@ -80,8 +82,8 @@ class Freshness:
         return Entry(answer, now + min(fresh - age, fresh_cap), now + stale - age)
 
 
-class MemoryCache(Generic[T]):
-    """A bounded cache: a flood of random keys evicts old entries instead of growing.
+class Generations(Generic[K, V]):
+    """A bounded map: a flood of new keys evicts old entries instead of growing.
 
     Least recently used, approximately, in two generations of ``size`` entries each: entries
     stored or used since the last turn, and those of the turn before. A turn, when the young
@@ -93,37 +95,53 @@ class MemoryCache(Generic[T]):
     """
 
     def __init__(self, size: int) -> None:
-        self._generation = max(size, 1)
-        self._young: dict[str, Entry[T]] = {}
-        self._old: dict[str, Entry[T]] = {}
+        self._size = max(size, 1)
+        self._young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
 
     def __len__(self) -> int:
         return len(self._young) + len(self._old)
 
+    def get(self, key: K) -> V | None:
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.pop(key, None)
+            if value is not None:
+                self._store(key, value)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        self._old.pop(key, None)
+        self._store(key, value)
+
+    def _store(self, key: K, value: V) -> None:
+        if key not in self._young and len(self._young) >= self._size:
+            self._old, self._young = self._young, {}
+        self._young[key] = value
+
+    def delete(self, key: K) -> None:
+        self._young.pop(key, None)
+        self._old.pop(key, None)
+
+
+class MemoryCache(Generic[T]):
+    """Entries that are dropped once neither fresh nor usable stale (the policy's quota cache)."""
+
+    def __init__(self, size: int) -> None:
+        self._entries: Generations[str, Entry[T]] = Generations(size)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def get(self, key: str, now: float) -> Entry[T] | None:
-        entry = self._young.get(key)
-        if entry is None:
-            entry = self._old.pop(key, None)
-            if entry is None:
-                return None
-            self._store(key, entry)
-        if now >= entry.fresh_until and now >= entry.stale_until:
-            self._young.pop(key, None)  # neither fresh nor usable stale any more
+        entry = self._entries.get(key)
+        if entry is not None and now >= entry.fresh_until and now >= entry.stale_until:
+            self._entries.delete(key)
             return None
         return entry
 
     def put(self, key: str, entry: Entry[T]) -> None:
-        self._old.pop(key, None)
-        self._store(key, entry)
-
-    def _store(self, key: str, entry: Entry[T]) -> None:
-        if key not in self._young and len(self._young) >= self._generation:
-            self._old, self._young = self._young, {}
-        self._young[key] = entry
-
-    def delete(self, key: str) -> None:
-        self._young.pop(key, None)
-        self._old.pop(key, None)
+        self._entries.put(key, entry)
 
 
 def encode(answer: Answer) -> str:

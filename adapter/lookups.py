@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
-from adapter.keys import lookup_keys
 from adapter.metrics import Metrics
 from adapter.protocols import socketmap
 from adapter.protocols.netstring import NetstringDecoder
@@ -29,53 +29,47 @@ INTERNAL_ERROR = socketmap.temp("internal error")
 class LookupSource(Protocol):
     """Where answers come from: the userli client itself, or the cached, resilient layer over it."""
 
+    def keys(self, map_name: str, raw_key: str) -> tuple[str, ...]: ...  # canonical keys, in order
+
     async def lookup(self, map_name: str, key: str) -> Outcome: ...
 
     def lookup_now(self, map_name: str, key: str) -> Outcome | None: ...  # without I/O, or None
 
+    def reply_now(self, request: bytes) -> tuple[bytes, str, str] | None: ...  # (reply, map, status)
 
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
-    """What one request payload means, worked out once: the handler label, the canonical keys to
-    ask (in order) or a fixed reply for a request we cannot serve, and the last reply built for
-    an answer, reused while the cache hands out the same answer object."""
+    """What one request means: the handler label, and the canonical keys to ask (in order) or a
+    fixed reply for a request we cannot serve."""
 
-    __slots__ = ("answered", "handler", "keys", "rejection", "reply")
-
-    def __init__(self, handler: str, keys: tuple[str, ...], rejection: bytes | None = None) -> None:
-        self.handler, self.keys, self.rejection = handler, keys, rejection
-        self.answered: Outcome | None = None
-        self.reply: tuple[bytes, str] = (b"", "")
+    handler: str
+    keys: tuple[str, ...]
+    rejection: bytes | None = None
 
 
 class Lookups:
     """Answers one socketmap request, whatever userli does, with exactly one reply.
 
     A cache hit is the common case (Postfix asks the same few maps about the same addresses over
-    and over), so the pure part of a request, parsing and key canonicalisation, is remembered per
-    payload, and so is the encoded reply per cached answer: a hit then costs a few dictionary
-    lookups (bench/README). What is fresh is decided by the lookup cache alone: a remembered
-    reply is used only while the cache hands out the very answer object it was built from.
-
-    The memo holds about as many payloads as the lookup cache holds keys, in two generations:
-    payloads met since the last turn, and those of the turn before; a turn comes when the young
-    one is full. A payload still in use is carried into the young generation when met, so a hit
-    costs the same with a thousand addresses as with a million (an earlier memo of 10,000 was
-    simply emptied when full: 7-11x slower hits past that, issue 15).
+    and over): the lookup cache keeps the encoded reply with each answer, keyed by the request
+    Postfix sends for it, so a hit for a request in canonical form is one dict lookup whatever
+    the number of addresses (adapter/lookup_cache.py). Any other request is parsed and its keys
+    worked out again: a few microseconds, with nothing remembered beside the cache that could
+    disagree with it.
     """
 
-    MAX_PLANNED_PAYLOAD = 256  # longer payloads (never a real address) are worked out every time
-
-    def __init__(self, userli: LookupSource, metrics: Metrics, delimiters: str = "", size: int = 100_000) -> None:
+    def __init__(self, userli: LookupSource, metrics: Metrics) -> None:
         self._userli = userli
         self._metrics = metrics
-        self._delimiters = delimiters
-        self._size = max(size, 1)  # payloads per generation
-        self._plans: dict[bytes, _Plan] = {}  # the young generation
-        self._older: dict[bytes, _Plan] = {}
 
     def answer_now(self, payload: bytes) -> bytes | None:
         """The reply when it needs no userli call (a cached answer, a local rule), else None."""
         started = time.perf_counter()
+        hit = self._userli.reply_now(payload)
+        if hit is not None:
+            self._metrics.observe_request(hit[1], hit[2], time.perf_counter() - started)
+            return hit[0]
         plan = self._plan(payload)
         if plan.rejection is not None:
             return self._rejected(plan, started)
@@ -102,44 +96,19 @@ class Lookups:
         return self._finish(plan, outcome, started)
 
     def _plan(self, payload: bytes) -> _Plan:
-        plan = self._plans.get(payload)
-        if plan is not None:
-            return plan
-        plan = self._older.get(payload)
-        if plan is not None:  # still in use: into the young generation
-            self._remember(payload, plan)
-            return plan
-        return self._work_out(payload)
-
-    def _remember(self, payload: bytes, plan: _Plan) -> None:
-        if len(self._plans) >= self._size:
-            self._older, self._plans = self._plans, {}
-        self._plans[payload] = plan
-
-    def _work_out(self, payload: bytes) -> _Plan:
         request = socketmap.parse_request(payload)
         if request.name not in MAP_NAMES:
-            plan = _Plan("unknown", (), socketmap.perm("unknown map name"))
-        elif request.key is None:
-            plan = _Plan(request.name, (), socketmap.perm("request without a key"))
-        else:
-            domain_only = request.name == "domain"
-            plan = _Plan(request.name, lookup_keys(request.key, self._delimiters, domain_only=domain_only))
-        if len(payload) <= self.MAX_PLANNED_PAYLOAD:
-            self._remember(payload, plan)
-        return plan
+            return _Plan("unknown", (), socketmap.perm("unknown map name"))
+        if request.key is None:
+            return _Plan(request.name, (), socketmap.perm("request without a key"))
+        return _Plan(request.name, self._userli.keys(request.name, request.key))
 
     def _rejected(self, plan: _Plan, started: float) -> bytes:
         self._metrics.observe_request(plan.handler, "error", time.perf_counter() - started)
         return plan.rejection  # type: ignore[return-value]  # callers checked it is set
 
     def _finish(self, plan: _Plan, outcome: Outcome, started: float) -> bytes:
-        if outcome is plan.answered:
-            reply, status = plan.reply
-        else:
-            reply, status = self._reply(plan.handler, outcome)
-            if not isinstance(outcome, Failure):  # answers are cached objects; failures are not
-                plan.answered, plan.reply = outcome, (reply, status)
+        reply, status = self._reply(plan.handler, outcome)
         self._metrics.observe_request(plan.handler, status, time.perf_counter() - started)
         return reply
 

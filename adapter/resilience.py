@@ -22,8 +22,9 @@ from collections.abc import Callable
 import redis.asyncio as redis
 
 from adapter.breaker import BreakerState, CircuitBreaker
-from adapter.cache import Answer, Entry, Freshness, MemoryCache, RedisCache
+from adapter.cache import Answer, Entry, Freshness, RedisCache
 from adapter.config import Config
+from adapter.lookup_cache import LookupCache, request_key
 from adapter.metrics import Metrics
 from adapter.userli import Failure, Outcome, UserliClient
 
@@ -43,7 +44,7 @@ class ResilientUserli:
         userli: UserliClient,
         metrics: Metrics,
         policy: Freshness,
-        memory: MemoryCache[Answer],
+        memory: LookupCache,
         breaker: CircuitBreaker,
         shared_cache: RedisCache | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -56,7 +57,7 @@ class ResilientUserli:
         self._redis = shared_cache
         self._clock = clock
         self._first_tier_cap = FIRST_TIER_TTL if shared_cache is not None else float("inf")
-        self._in_flight: dict[str, asyncio.Task[Outcome]] = {}
+        self._in_flight: dict[bytes, asyncio.Task[Outcome]] = {}
         self._stale_served = 0  # since the last "answering from stale cache" line
         self._stale_reported_at = -STALE_REPORT_INTERVAL
 
@@ -65,7 +66,7 @@ class ResilientUserli:
         cls, config: Config, userli: UserliClient, metrics: Metrics, redis_client: redis.Redis | None = None
     ) -> ResilientUserli:
         policy = Freshness(config.cache_ttl, config.negative_ttl, config.stale_ttl)
-        memory: MemoryCache[Answer] = MemoryCache(config.cache_size)
+        memory = LookupCache(config.cache_size, config.recipient_delimiter)
         metrics.cache_entries.set_function(lambda: len(memory))
         breaker = CircuitBreaker(config.breaker_threshold, config.breaker_cooldown, on_change=_breaker_changed(metrics))
         shared = None
@@ -83,13 +84,22 @@ class ResilientUserli:
             return False
         return len(self._memory) > 0 or (self._redis is not None and await self._redis.ping())
 
+    def keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
+        return self._memory.keys(map_name, raw_key)
+
+    def reply_now(self, request: bytes) -> tuple[bytes, str, str] | None:
+        """(reply, map, status) when a fresh entry answers this very request: the hot path."""
+        hit = self._memory.reply_now(request, self._clock())
+        if hit is not None:
+            self._metrics.observe_cache(hit[1], "hit")
+        return hit
+
     def lookup_now(self, map_name: str, key: str) -> Outcome | None:
-        """A fresh answer from the in-process tier, or None: the fast path of cache hits."""
-        return self._from_memory(map_name, f"{map_name}:{key}", self._clock())[0]
+        """A fresh answer from the in-process tier, or None."""
+        return self._from_memory(map_name, key, self._clock())[0]
 
     async def lookup(self, map_name: str, key: str) -> Outcome:
-        cache_key = f"{map_name}:{key}"
-        fresh, stale = self._from_memory(map_name, cache_key, self._clock())
+        fresh, stale = self._from_memory(map_name, key, self._clock())
         if fresh is not None:
             return fresh
         if self._redis is not None:
@@ -98,22 +108,22 @@ class ResilientUserli:
                 now = self._clock()
                 entry = self._policy.entry(map_name, shared[0], now, age=shared[1], fresh_cap=self._first_tier_cap)
                 if now < entry.fresh_until:
-                    self._memory.put(cache_key, entry)
+                    self._memory.put(map_name, key, entry)
                     self._metrics.observe_cache(map_name, "hit")
                     return entry.answer
                 if now < entry.stale_until and (stale is None or entry.stale_until > stale.stale_until):
                     stale = entry
         self._metrics.observe_cache(map_name, "miss")
-        outcome = await self._shared_call(cache_key, map_name, key)
+        outcome = await self._shared_call(map_name, key)
         if isinstance(outcome, Failure) and outcome.transient and stale is not None:
             self._metrics.observe_cache(map_name, "stale")
             self._note_stale(outcome)
             return stale.answer
         return outcome
 
-    def _from_memory(self, map_name: str, cache_key: str, now: float) -> tuple[Answer | None, Entry[Answer] | None]:
+    def _from_memory(self, map_name: str, key: str, now: float) -> tuple[Answer | None, Entry[Answer] | None]:
         """(a fresh answer, counted as a hit) or (None, an entry still usable as a stale fallback)."""
-        entry = self._memory.get(cache_key, now)
+        entry = self._memory.get(map_name, key, now)
         if entry is None:
             return None, None
         if now < entry.fresh_until:
@@ -121,10 +131,11 @@ class ResilientUserli:
             return entry.answer, None
         return None, entry if now < entry.stale_until else None
 
-    async def _shared_call(self, cache_key: str, map_name: str, key: str) -> Outcome:
+    async def _shared_call(self, map_name: str, key: str) -> Outcome:
+        cache_key = request_key(map_name, key)
         task = self._in_flight.get(cache_key)
         if task is None:
-            task = asyncio.get_running_loop().create_task(self._call(map_name, key, cache_key))
+            task = asyncio.get_running_loop().create_task(self._call(map_name, key))
             self._in_flight[cache_key] = task
             task.add_done_callback(lambda _: self._in_flight.pop(cache_key, None))
         else:
@@ -133,7 +144,7 @@ class ResilientUserli:
         # the others are waiting for, nor leave a half-open breaker without its probe result.
         return await asyncio.shield(task)
 
-    async def _call(self, map_name: str, key: str, cache_key: str) -> Outcome:
+    async def _call(self, map_name: str, key: str) -> Outcome:
         if not self._breaker.allow():
             return BREAKER_OPEN
         outcome: Outcome = Failure("internal error")
@@ -143,16 +154,16 @@ class ResilientUserli:
             self._breaker.record(not (isinstance(outcome, Failure) and outcome.transient))
         if isinstance(outcome, Failure):
             return outcome
-        await self._store(cache_key, map_name, key, outcome)
+        await self._store(map_name, key, outcome)
         return outcome
 
-    async def _store(self, cache_key: str, map_name: str, key: str, answer: Answer) -> None:
+    async def _store(self, map_name: str, key: str, answer: Answer) -> None:
         """Remember userli's latest word. A "no" that is not to be kept still removes the old "yes"."""
         if self._policy.keep_for(map_name, answer) > 0:
             entry = self._policy.entry(map_name, answer, self._clock(), fresh_cap=self._first_tier_cap)
-            self._memory.put(cache_key, entry)
+            self._memory.put(map_name, key, entry)
         else:
-            self._memory.delete(cache_key)
+            self._memory.delete(map_name, key)
         if self._redis is not None:
             await self._redis.put(map_name, key, answer)
 

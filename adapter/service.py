@@ -36,7 +36,7 @@ class Service:
         self.userli = UserliClient.from_config(config, self.metrics)
         self.redis = connect_redis(config.redis_url) if config.redis_url else None
         self.resilient = ResilientUserli.from_config(config, self.userli, self.metrics, self.redis)
-        lookups = Lookups(self.resilient, self.metrics, config.recipient_delimiter, size=config.cache_size)
+        lookups = Lookups(self.resilient, self.metrics)
         self.socketmap = Listener(
             "socketmap",
             config.socketmap_address,

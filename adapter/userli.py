@@ -31,6 +31,7 @@ import httpx
 from adapter import __version__
 from adapter.config import Config
 from adapter.failure_log import FailureLog
+from adapter.keys import lookup_keys
 from adapter.metrics import Metrics
 from adapter.tls import client_context, describe_tls_error
 from adapter.transport import UserliTransport
@@ -122,8 +123,9 @@ def transport(config: Config) -> httpx.AsyncBaseTransport:
 
 
 class UserliClient:
-    def __init__(self, http: httpx.AsyncClient, metrics: Metrics, timeout: float) -> None:
+    def __init__(self, http: httpx.AsyncClient, metrics: Metrics, timeout: float, delimiters: str = "") -> None:
         self._http = http
+        self._delimiters = delimiters
         self._base_url = str(http.base_url).rstrip("/")
         self._timeouts = http.timeout.as_dict()
         self._metrics = metrics
@@ -156,7 +158,7 @@ class UserliClient:
             follow_redirects=False,
             trust_env=False,  # the userli URL is configured explicitly; no proxy from the environment
         )
-        return cls(http, metrics, config.userli_timeout)
+        return cls(http, metrics, config.userli_timeout, config.recipient_delimiter)
 
     def _request(self, path: str, body: dict[str, str] | None, timeout: float | None) -> httpx.Request:
         """What ``AsyncClient.get``/``post`` would build, built directly: the client's merging of
@@ -175,8 +177,15 @@ class UserliClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
+    def keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
+        """The canonical keys to ask for a request's key, in order (keys.py)."""
+        return lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain")
+
     def lookup_now(self, map_name: str, key: str) -> Outcome | None:
         return None  # the client itself never knows an answer without asking userli
+
+    def reply_now(self, request: bytes) -> None:
+        return None  # nor a reply
 
     async def lookup(self, map_name: str, key: str, timeout: float | None = None) -> Outcome:
         """``GET /api/postfix/{map_name}/{key}``; ``key`` must already be canonical."""

@@ -13,7 +13,7 @@ from pytest_httpx import HTTPXMock
 
 from adapter.lookups import MAP_NAMES, Lookups
 from adapter.metrics import Metrics
-from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, Outcome, UserliClient
+from adapter.userli import ENDPOINTS, UserliClient
 
 BASE = "http://userli.test"
 
@@ -22,9 +22,9 @@ def answer(payload: bytes, delimiters: str = "") -> tuple[bytes, Metrics]:
     metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
 
     async def run() -> bytes:
-        client = UserliClient.from_config(config_for(BASE, userli_timeout=1.0), metrics)
+        client = UserliClient.from_config(config_for(BASE, userli_timeout=1.0, recipient_delimiter=delimiters), metrics)
         try:
-            return await Lookups(client, metrics, delimiters).answer(payload)
+            return await Lookups(client, metrics).answer(payload)
         finally:
             await client.aclose()
 
@@ -239,43 +239,3 @@ def test_answer_now_defers_what_needs_userli() -> None:
     # Not counted here: the async path answers it and counts it, once.
     labels = {"handler": "alias", "status": "success"}
     assert metrics.registry.get_sample_value("userli_postfix_adapter_requests_total", labels) == 0
-
-
-class ChangingSource:
-    """A cache-like source whose answer for every key is whatever the test sets last."""
-
-    def __init__(self) -> None:
-        self.outcome: Outcome = NOT_FOUND
-
-    async def lookup(self, map_name: str, key: str) -> Outcome:
-        return self.outcome
-
-    def lookup_now(self, map_name: str, key: str) -> Outcome | None:
-        return self.outcome
-
-
-def test_a_remembered_request_always_gets_the_current_answer() -> None:
-    source = ChangingSource()
-    lookups = Lookups(source, Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS))
-    payload = b"alias a@example.org"
-    for outcome, reply in [
-        (Found(("b@example.org",)), netstring(b"OK b@example.org")),
-        (Found(("c@example.org",)), netstring(b"OK c@example.org")),
-        (NOT_FOUND, netstring(b"NOTFOUND ")),
-        (Failure("userli timeout"), netstring(b"TEMP userli timeout")),
-        (Found(("b@example.org",)), netstring(b"OK b@example.org")),
-    ]:
-        source.outcome = outcome
-        assert lookups.answer_now(payload) == reply
-        assert lookups.answer_now(payload) == reply  # the second time from what was remembered
-        assert asyncio.run(lookups.answer(payload)) == reply
-
-
-def test_remembered_requests_are_bounded() -> None:
-    lookups = Lookups(ChangingSource(), Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS), size=1000)
-    for i in range(1000 * 5):
-        assert lookups.answer_now(b"mailbox user%d@example.org" % i) == netstring(b"NOTFOUND ")
-    assert 0 < len(lookups._plans) + len(lookups._older) <= 2 * 1000
-    long_key = b"mailbox " + b"a" * Lookups.MAX_PLANNED_PAYLOAD + b"@example.org"
-    assert lookups.answer_now(long_key) == netstring(b"NOTFOUND ")
-    assert long_key not in lookups._plans  # a client cannot fill memory with long payloads

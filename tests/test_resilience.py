@@ -11,12 +11,13 @@ from typing import Any
 
 import httpx
 import pytest
-from helpers import config_for
+from helpers import config_for, netstring
 from pytest_httpx import HTTPXMock
 
 from adapter.breaker import BreakerState, CircuitBreaker
-from adapter.cache import Freshness, MemoryCache
-from adapter.lookups import MAP_NAMES
+from adapter.cache import Freshness
+from adapter.lookup_cache import LookupCache
+from adapter.lookups import MAP_NAMES, Lookups
 from adapter.metrics import Metrics
 from adapter.resilience import ResilientUserli
 from adapter.userli import ENDPOINTS, NOT_FOUND, Failure, Found, UserliClient
@@ -58,8 +59,8 @@ class Clock:
 
 class Harness:
     def __init__(self, fake: FakeUserli, ttl: float = 300, negative_ttl: float = 0, stale_ttl: float = 86_400,
-                 threshold: int = 1000, cooldown: float = 5.0) -> None:  # fmt: skip
-        self.fake, self.clock = fake, Clock()
+                 threshold: int = 1000, cooldown: float = 5.0, delimiters: str = "") -> None:  # fmt: skip
+        self.fake, self.clock, self.delimiters = fake, Clock(), delimiters
         self.metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
         self.breaker = CircuitBreaker(threshold, cooldown, self.clock)
         self.policy = Freshness(ttl, negative_ttl, stale_ttl)
@@ -70,7 +71,12 @@ class Harness:
         async def main() -> None:
             self.client = UserliClient.from_config(config_for(BASE), self.metrics)
             self.resilient = ResilientUserli(
-                self.client, self.metrics, self.policy, MemoryCache(1000), self.breaker, clock=self.clock
+                self.client,
+                self.metrics,
+                self.policy,
+                LookupCache(1000, self.delimiters),
+                self.breaker,
+                clock=self.clock,
             )
             try:
                 await scenario(self.resilient)
@@ -306,3 +312,64 @@ def test_outage_is_logged_when_it_starts_and_ends(fake: FakeUserli, caplog: pyte
     assert messages.count("answering from stale cache while userli fails") == 1
     assert messages.count("userli recovered") == 1
     assert all("@" not in m for m in messages)
+
+
+def test_a_cached_reply_never_outlives_its_answer(fake: FakeUserli) -> None:
+    """The hot path's reply is the cache entry's own: it changes, expires and goes with it."""
+    h = Harness(fake, ttl=60, negative_ttl=30, stale_ttl=3600)
+    request, path = b"mailbox user@example.org", "mailbox/user@example.org"
+
+    async def scenario(r: ResilientUserli) -> None:
+        lookups = Lookups(r, h.metrics)
+        steps: list[tuple[str, Any, bytes]] = [
+            ("up", True, netstring(b"OK 1")),
+            ("up", False, netstring(b"NOTFOUND ")),  # the mailbox was deleted: never the old OK
+            ("up", True, netstring(b"OK 1")),
+            ("500", True, netstring(b"OK 1")),  # userli fails: the last OK stands in, stale
+        ]
+        for mode, data, reply in steps:
+            fake.mode, fake.data[path] = mode, data
+            h.clock.now += 61  # whatever was cached is no longer fresh
+            assert lookups.answer_now(request) is None
+            assert await lookups.answer(request) == reply
+            if mode == "up":
+                assert lookups.answer_now(request) == reply  # now a hit, the same reply
+        fake.mode, fake.data[path] = "up", False
+        h.clock.now += 61
+        assert await lookups.answer(request) == netstring(b"NOTFOUND ")
+        fake.mode = "500"
+        h.clock.now += 31  # the NOTFOUND is no longer fresh, and a mailbox "no" never stands in
+        assert lookups.answer_now(request) is None
+        assert await lookups.answer(request) == netstring(b"TEMP userli status 500")
+
+    h.run(scenario)
+
+
+@pytest.mark.parametrize(
+    ("request_", "answers", "reply"),
+    [
+        # not in canonical form: worked out again, the same answer as the canonical request
+        (b"alias Alias@Example.ORG", {"alias/alias@example.org": ["user@example.org"]}, b"OK user@example.org"),
+        # the full address is not found: the answer is the stripped address's, never NOTFOUND
+        (b"alias alias+tag@example.org", {"alias/alias@example.org": ["user@example.org"]}, b"OK user@example.org"),
+        # the full address is found: that is the answer
+        (b"alias alias+tag@example.org", {"alias/alias+tag@example.org": ["t@example.org"]}, b"OK t@example.org"),
+        (b"domain Example.ORG", {"domain/example.org": True}, b"OK 1"),
+        (b"mailbox Nobody+Tag@example.org", {}, b"NOTFOUND "),  # neither key: NOTFOUND, from the cache too
+    ],
+)
+def test_cached_answers_for_requests_of_other_keys(
+    fake: FakeUserli, request_: bytes, answers: dict[str, Any], reply: bytes
+) -> None:
+    h = Harness(fake, ttl=60, negative_ttl=60, delimiters="+")
+
+    async def scenario(r: ResilientUserli) -> None:
+        fake.data.update(answers)
+        lookups = Lookups(r, h.metrics)
+        assert await lookups.answer(request_) == netstring(reply)
+        calls = sum(fake.calls.values())
+        for _ in range(3):  # from the cache: the same reply, no userli call
+            assert lookups.answer_now(request_) == netstring(reply)
+        assert sum(fake.calls.values()) == calls
+
+    h.run(scenario)
