@@ -27,6 +27,7 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from adapter import __version__
+from adapter.gc_pauses import GCPauses
 from adapter.server import ListenerHooks
 
 __all__ = ["CONTENT_TYPE_LATEST", "LOOKUP_STATUSES", "Metrics"]
@@ -141,6 +142,7 @@ class Metrics:
             "Circuit breaker toward userli: 0 closed, 1 half-open (probing), 2 open",
             registry=registry,
         )
+        self.gc_pauses = GCPauses(registry, PREFIX)
         self.health_check_status = Gauge(
             f"{PREFIX}_health_check_status", "Last readiness check (1 = ready, 0 = not)", registry=registry
         )

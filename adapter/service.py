@@ -64,6 +64,7 @@ class Service:
         except BaseException:
             await self.stop()
             raise
+        self.metrics.gc_pauses.watch()
         log.info("started", extra=self.config.summary())
 
     async def stop(self) -> None:
@@ -77,6 +78,7 @@ class Service:
         if self.redis is not None:
             await self.redis.aclose()
         await self.userli.aclose()
+        self.metrics.gc_pauses.unwatch()
         log.info("stopped")
 
     async def run(self) -> None:

@@ -83,7 +83,8 @@ async def measure(size: int) -> tuple[float, float, float]:
     order = payloads[:]
     random.Random(1).shuffle(order)
     stream = b"".join(order)
-    bounds = list(zip(itertools.accumulate(map(len, order), initial=0), itertools.accumulate(map(len, order))))
+    ends = list(itertools.accumulate(map(len, order)))
+    bounds = list(zip([0, *ends[:-1]], ends, strict=True))
     del order
     gc.collect()
     gc.freeze()  # as the adapter does after start-up: what is collected is what came later
