@@ -1,10 +1,19 @@
 """The adapter's benchmark: ``python bench/run.py`` (``--smoke`` for a few-second check).
 
-Processes: the adapter under test (``python -m adapter``) and a constant-reply socketmap server
-(the ceiling) on CPU 0; a fast userli stand-in and the closed-loop load generator on CPU 1.
-Reports lookups/s, latency percentiles and answer counts for hot keys (cache hits) and cold keys
-(every lookup a userli call, cache off), at several connection counts, over TCP and a UNIX socket,
-and the adapter's memory with 500 open connections and 100,000 cached keys.
+Processes: the server under test on CPU 0 (the adapter, ``python -m adapter``; a constant-reply
+socketmap server, the ceiling; Podop), and on CPU 1 a userli stand-in and a compiled closed-loop
+load generator (bench/loadgen.c: each connection sends its next request only after the reply,
+like Postfix processes). Every row prints the CPU share of each process over its measured
+window: the ceiling server near 1.0 proves that the load generator is not the bottleneck.
+
+Rows, over TCP and a UNIX socket, at several connection counts: the ceiling; the adapter hot (a
+realistic hot set of 100,000 distinct keys across the four maps, all cached (NOTFOUND too:
+LOOKUP_NEGATIVE_TTL 300), bench/traffic.py);
+the adapter cold (lookups of users never asked before, every one a userli call, with the hot set
+already in the cache) and Podop beside it over UNIX. Then memory: the adapter's RSS with 500 idle
+connections after 300,000 distinct lookups (LOOKUP_CACHE_SIZE 100,000), and with ``--million``
+after 1,000,000 (LOOKUP_CACHE_SIZE 1,000,000). The longest garbage-collector pause of each
+adapter comes from its own metrics.
 """
 
 from __future__ import annotations
@@ -19,16 +28,19 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvloop
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import Result, netstring, run
-from standins import ConstantReply, UserliStandIn, dataset, serve, user_address
+import traffic
+from standins import ConstantReply, UserliStandIn, serve
 
-ADAPTER_CPU, LOAD_CPU = 0, 1
-USERS = 100_000
+SERVER_CPU, LOAD_CPU = 0, 1
+HOT_KEYS = 100_000
+COLD_PER_RUN = 60_000  # fresh keys per cold run: more than any run asks, so none repeats
+# NOTFOUND answers cached too (LOOKUP_NEGATIVE_TTL is 0 by default), so the whole hot set is.
+CACHED = {"LOOKUP_NEGATIVE_TTL": "300"}
 
 
 def free_port() -> int:
@@ -46,20 +58,75 @@ def start(target: object, *args: object) -> multiprocessing.Process:
     return process
 
 
-def standin_factory() -> UserliStandIn:
-    return UserliStandIn(ANSWERS)
-
-
-ANSWERS: dict[bytes, bytes] = {}
-
-
 def run_standin(address: str, ready: object) -> None:
-    ANSWERS.update(dataset(USERS))
-    serve(standin_factory, address, LOAD_CPU, ready)
+    serve(UserliStandIn, address, LOAD_CPU, ready)
 
 
 def run_ceiling(address: str, ready: object) -> None:
-    serve(ConstantReply, address, ADAPTER_CPU, ready)
+    serve(ConstantReply, address, SERVER_CPU, ready)
+
+
+@dataclass
+class Result:
+    rate: float
+    latency_ms: dict[str, float]  # p50, p95, p99, max
+    answers: Counter[str]
+    replies: int  # all replies, warm-up included
+    load_cpu: float  # the load generator's own share of its core
+    cpu: dict[str, float] = field(default_factory=dict)  # process name -> share of a core
+
+    def summary(self) -> str:
+        ms = self.latency_ms
+        counts = " ".join(f"{k}={v}" for k, v in sorted(self.answers.items()) if v)
+        cpu = " ".join(f"{name} {share:.2f}" for name, share in self.cpu.items())
+        return (
+            f"{self.rate:9.0f}/s  p50 {ms['p50']:6.2f}  p95 {ms['p95']:6.2f}  p99 {ms['p99']:6.2f}"
+            f"  max {ms['max']:7.2f} ms  {counts}  cpu: {cpu} load {self.load_cpu:.2f}"
+        )
+
+
+class Load:
+    """The compiled load generator."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = workdir / "loadgen"
+        self.workdir = workdir
+        source = Path(__file__).resolve().parent / "loadgen.c"
+        try:
+            subprocess.run(["gcc", "-O2", "-o", str(self.binary), str(source)], check=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise SystemExit(f"cannot compile bench/loadgen.c with gcc: {exc}") from exc
+
+    def run(
+        self,
+        address: str,
+        payloads: list[bytes],
+        connections: int,
+        seconds: float,
+        processes: dict[str, int] | None = None,
+        warmup: float = 0.5,
+    ) -> Result:
+        """``seconds`` 0: send every request once (to fill a cache). ``processes``: name -> PID
+        whose CPU share to report."""
+        processes = processes or {}
+        requests = self.workdir / "requests"
+        traffic.write(str(requests), payloads)
+        command = [str(self.binary), address, str(connections), str(warmup), str(seconds), str(requests)]
+        done = subprocess.run(
+            command + [str(pid) for pid in processes.values()], capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"load generator failed: {done.stderr.strip()}")
+        fields = dict(item.split("=", 1) for item in done.stdout.split())
+        shares = [float(s) for s in fields["cpu"].split(",")]
+        return Result(
+            rate=int(fields["replies"]) / float(fields["seconds"]),
+            latency_ms={p: float(fields[p]) for p in ("p50", "p95", "p99", "max")},
+            answers=Counter({w: int(fields[w]) for w in ("OK", "NOTFOUND", "TEMP", "PERM", "other")}),
+            replies=int(fields["total"]),
+            load_cpu=shares[0],
+            cpu=dict(zip(processes, shares[1:], strict=True)),
+        )
 
 
 class Server:
@@ -70,8 +137,9 @@ class Server:
         self.process = subprocess.Popen(
             command,
             env={**os.environ, **(env or {})},
-            preexec_fn=lambda: os.sched_setaffinity(0, {ADAPTER_CPU}),
+            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
         )
+        self.pid = self.process.pid
         deadline = time.monotonic() + 30
         while not self._listening():
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -88,6 +156,12 @@ class Server:
         except OSError:
             return False
 
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(30)
@@ -103,25 +177,27 @@ class Adapter(Server):
             "USERLI_BASE_URL": userli,
             "SOCKETMAP_LISTEN_ADDR": address,
             "METRICS_LISTEN_ADDR": self.metrics,
-            "POLICY_LISTEN_ADDR": "",
+            "POLICY_LISTEN_ADDR": "off",
             "MAX_CONNECTIONS": "1000",
             "LOG_LEVEL": "error",
             **env,
         }
         super().__init__("the adapter", [sys.executable, "-m", "adapter"], address, settings)
 
-    def userli_calls(self) -> float:
-        """HTTP requests the adapter has made to userli so far (from its /metrics)."""
+    def metric(self, prefix: str) -> float:
+        """The sum of every sample whose line starts with ``prefix`` (name and labels)."""
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        prefix = "userli_postfix_adapter_http_client_requests_total{"
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+            lines = response.read().decode().splitlines()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix))
 
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+    def userli_calls(self) -> float:
+        return self.metric("userli_postfix_adapter_http_client_requests_total{")
+
+    def gc_pause_ms(self) -> str:
+        """The longest pause of each collector generation since start."""
+        name = "userli_postfix_adapter_gc_pause_max_seconds"
+        pauses = [self.metric(f'{name}{{generation="{g}"}}') * 1000 for g in "012"]
+        return ", ".join(f"gen{g} {p:.1f} ms" for g, p in enumerate(pauses))
 
 
 class Podop(Server):
@@ -147,25 +223,34 @@ def podop_python(choice: str) -> str | None:
     return python if found else None
 
 
-def requests(keys: list[str]) -> list[bytes]:
-    return [netstring(f"mailbox {key}".encode()) for key in keys]
-
-
-def measure(address: str, payloads: list[bytes], connections: int, seconds: float, runs: int) -> list[Result]:
-    return [uvloop.run(run(address, payloads, connections, seconds)) for _ in range(runs)]
-
-
-def report(label: str, results: list[Result], ceiling: float | None = None, note: str = "") -> float:
+def report(label: str, results: list[Result], base: float | None = None, note: str = "") -> float:
     rate = statistics.median(r.rate for r in results)
     best = min(results, key=lambda r: abs(r.rate - rate))  # the median run's details
-    ratio = f"  {rate / ceiling:4.2f}x ceiling" if ceiling else ""
-    print(f"  {label:28s} {best.summary()}{ratio}{note}", flush=True)
+    ratio = f"  {rate / base:4.2f}x ceiling" if base else ""
+    print(f"  {label:22s} {best.summary()}{ratio}{note}", flush=True)
     return rate
 
 
-def not_ok(results: list[Result]) -> int:
-    """Answers that were not OK in the first run, or 1 if it had no answers at all."""
-    return sum(n for word, n in results[0].answers.items() if word != "OK") + (0 if results[0].latencies else 1)
+class Checks:
+    """What makes a run fail: wrong answers, and a load generator that set the pace."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def answers(self, label: str, results: list[Result], ok_share: float | None = None) -> None:
+        for result in results:
+            bad = result.answers["TEMP"] + result.answers["PERM"] + result.answers["other"]
+            answered = result.answers["OK"] + result.answers["NOTFOUND"]
+            if bad or not answered:
+                self.failures.append(f"{label}: {bad} answers neither OK nor NOTFOUND, {answered} answered")
+            elif ok_share is not None and abs(result.answers["OK"] / answered - ok_share) > 0.05:
+                share = result.answers["OK"] / answered
+                self.failures.append(f"{label}: {share:.2f} of the answers OK, the data set has {ok_share:.2f}")
+
+    def ceiling(self, label: str, results: list[Result], smoke: bool) -> None:
+        share = statistics.median(r.cpu["server"] for r in results)
+        if share < 0.95 and not smoke:  # a smoke run is too short for /proc's 10 ms ticks
+            self.failures.append(f"{label}: the server used {share:.2f} of its core: the load set the pace")
 
 
 def main() -> int:
@@ -177,27 +262,41 @@ def main() -> int:
     parser.add_argument("--transports", default="tcp,unix", help="tcp, unix, or both")
     parser.add_argument("--concurrency", default="1,10,50,200", help="connection counts")
     parser.add_argument("--no-memory", action="store_true", help="skip the RSS measurement")
+    parser.add_argument("--million", action="store_true", help="also RSS with 1,000,000 cached keys (minutes)")
     parser.add_argument(
         "--podop",
         default="auto",
         help="Python with podop installed, to run it as the cold-path peer over UNIX (auto: this one if it can; off)",
     )
     args = parser.parse_args()
+    hot_size = HOT_KEYS
     if args.smoke:
-        args.runs, args.seconds = 1, 0.3
+        args.runs, args.seconds, hot_size = 1, 0.3, 5_000
     concurrency = [1, 10] if args.smoke else [int(c) for c in args.concurrency.split(",")]
     transports = ["tcp"] if args.smoke else args.transports.split(",")
     modes = args.modes.split(",")
     podop = podop_python(args.podop)
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="adapter-bench-"))
-    userli = f"127.0.0.1:{free_port()}"
-    peers = [start(run_standin, userli)]
-    failures = 0
-    hot_keys = [user_address(i) for i in range(200)]
-    cold_keys = [user_address(i) for i in range(0, USERS, 7)]
-    python = sys.version.split()[0]
-    print(f"machine: {os.cpu_count()} CPUs, Python {python}; adapter on CPU {ADAPTER_CPU}, load on CPU {LOAD_CPU}")
+    load = Load(workdir)
+    userli_address = f"127.0.0.1:{free_port()}"
+    userli = f"http://{userli_address}"
+    standin = start(run_standin, userli_address)
+    peers = [standin]
+    checks = Checks()
+    hot, ok_share = traffic.hot_set(hot_size)
+    cold_next = 0
+
+    def cold(count: int = COLD_PER_RUN) -> list[bytes]:
+        nonlocal cold_next
+        cold_next += count
+        return traffic.cold_keys(cold_next - count, count)
+
+    print(
+        f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; servers on CPU {SERVER_CPU}, load "
+        f"generator and userli stand-in on CPU {LOAD_CPU}\nhot set: {len(set(hot)):,} distinct keys, "
+        f"{len(hot):,} requests a round, {ok_share:.2f} of them OK"
+    )
     try:
         for transport in transports:
 
@@ -205,61 +304,96 @@ def main() -> int:
                 return str(workdir / f"{name}.sock") if transport == "unix" else f"127.0.0.1:{free_port()}"
 
             ceiling_address = address("ceiling")
-            peers.append(start(run_ceiling, ceiling_address))
+            ceiling = start(run_ceiling, ceiling_address)
+            peers.append(ceiling)
             print(f"\n{transport.upper()}")
-            ceilings = {
-                c: report(f"ceiling C={c}", measure(ceiling_address, requests(hot_keys), c, args.seconds, args.runs))
-                for c in concurrency
-            }
-            for mode, env, keys in (
-                ("hot", {}, hot_keys),
-                ("cold", {"LOOKUP_CACHE_TTL": "0", "LOOKUP_STALE_TTL": "0"}, cold_keys),
-            ):
-                if mode not in modes:
-                    continue
-                adapter = Adapter(f"http://{userli}", address(f"adapter-{mode}"), **env)
-                with_peer = podop is not None and mode == "cold" and transport == "unix"  # Podop: UNIX only
-                peer = Podop(podop, f"http://{userli}", address("podop")) if with_peer else None
+            ceilings = {}
+            for c in concurrency:
+                label = f"ceiling C={c}"
+                watched = {"server": ceiling.pid}
+                results = [load.run(ceiling_address, hot, c, args.seconds, watched) for _ in range(args.runs)]
+                ceilings[c] = report(label, results)
+                checks.ceiling(label, results, args.smoke)
+            ceiling.kill()
+            if "hot" in modes:
+                adapter = Adapter(userli, address("adapter-hot"), **CACHED)
                 try:
-                    for target in (adapter, peer):
-                        if target is not None:  # warm up
-                            uvloop.run(run(target.address, requests(keys[:1000]), 10, 0.5, warmup=0.2))
+                    load.run(adapter.address, hot, 50, 0)  # every key once: all cached
                     for c in concurrency:
+                        label = f"adapter hot C={c}"
+                        results = [
+                            load.run(adapter.address, hot, c, args.seconds, {"adapter": adapter.pid})
+                            for _ in range(args.runs)
+                        ]
+                        report(label, results, ceilings[c])
+                        checks.answers(label, results, ok_share)
+                    print(f"  {'GC, longest':22s} {adapter.gc_pause_ms()}; RSS {adapter.rss_mb():.0f} MB")
+                finally:
+                    adapter.stop()
+            if "cold" in modes:
+                adapter = Adapter(userli, address("adapter-cold"), **CACHED)
+                with_peer = podop is not None and transport == "unix"  # Podop: UNIX only
+                peer = Podop(podop, userli, address("podop")) if with_peer else None  # type: ignore[arg-type]
+                try:
+                    load.run(adapter.address, hot, 50, 0)  # the hot set already cached
+                    rss_before = adapter.rss_mb()
+                    rates = {}
+                    for c in concurrency:
+                        label = f"adapter cold C={c}"
                         calls = adapter.userli_calls()
-                        results = measure(adapter.address, requests(keys), c, args.seconds, args.runs)
-                        calls = (adapter.userli_calls() - calls) / sum(r.replies for r in results)
-                        per_call = f"  {calls:.2f} userli calls per lookup" if mode == "cold" else ""
-                        rate = report(f"adapter {mode} C={c}", results, ceilings[c], per_call)
-                        failures += not_ok(results)
+                        watched = {"adapter": adapter.pid, "userli": standin.pid}
+                        results = [
+                            load.run(adapter.address, cold(), c, args.seconds, watched) for _ in range(args.runs)
+                        ]
+                        per_lookup = (adapter.userli_calls() - calls) / sum(r.replies for r in results)
+                        rates[c] = report(label, results, note=f"  {per_lookup:.2f} userli calls per lookup")
+                        checks.answers(label, results, 1.0)
                         if peer is not None:
-                            peer_results = measure(peer.address, requests(keys), c, args.seconds, args.runs)
-                            peer_rate = report(f"podop C={c}", peer_results, ceilings[c])
-                            print(f"  {'adapter / podop':28s} {rate / peer_rate:9.2f}x", flush=True)
-                            failures += not_ok(peer_results)
+                            label = f"podop C={c}"
+                            watched = {"podop": peer.pid, "userli": standin.pid}
+                            peer_results = [
+                                load.run(peer.address, cold(), c, args.seconds, watched) for _ in range(args.runs)
+                            ]
+                            peer_rate = report(label, peer_results)
+                            checks.answers(label, peer_results, 1.0)
+                            print(f"  {'adapter / podop':22s} {rates[c] / peer_rate:9.2f}x", flush=True)
+                    if 10 in rates and 200 in rates:
+                        print(f"  {'cold C=200 / C=10':22s} {rates[200] / rates[10]:9.2f}x")
+                    print(
+                        f"  {'GC, longest':22s} {adapter.gc_pause_ms()}; RSS {rss_before:.0f} MB before the cold "
+                        f"rows, {adapter.rss_mb():.0f} MB after"
+                    )
                 finally:
                     adapter.stop()
                     if peer is not None:
                         peer.stop()
         if not (args.smoke or args.no_memory):
             print("\nMEMORY")
-            adapter = Adapter(f"http://{userli}", f"127.0.0.1:{free_port()}")
-            try:
-                uvloop.run(run(adapter.address, requests([user_address(i) for i in range(USERS)]), 50, 1.0, warmup=0.0))
-                idle = [
-                    socket.create_connection(("127.0.0.1", int(adapter.address.rsplit(":", 1)[1]))) for _ in range(500)
-                ]
-                time.sleep(1)
-                print(f"  adapter RSS with 500 open connections and {USERS} cached keys: {adapter.rss_mb():.1f} MB")
-                for sock in idle:
-                    sock.close()
-            finally:
-                adapter.stop()
+            sizes = [(100_000, 300_000)] + ([(1_000_000, 1_000_000)] if args.million else [])
+            for cache_size, lookups in sizes:
+                adapter = Adapter(userli, f"127.0.0.1:{free_port()}", LOOKUP_CACHE_SIZE=str(cache_size), **CACHED)
+                try:
+                    load.run(adapter.address, hot, 50, 0)
+                    load.run(adapter.address, cold(lookups - len(set(hot))), 50, 0)
+                    port = int(adapter.address.rsplit(":", 1)[1])
+                    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(500)]
+                    time.sleep(1)
+                    entries = adapter.metric("userli_postfix_adapter_lookup_cache_entries")
+                    print(
+                        f"  LOOKUP_CACHE_SIZE={cache_size:,}, {lookups:,} distinct lookups, {entries:,.0f} entries, "
+                        f"500 idle connections: RSS {adapter.rss_mb():.1f} MB; GC, longest: {adapter.gc_pause_ms()}",
+                        flush=True,
+                    )
+                    for sock in idle:
+                        sock.close()
+                finally:
+                    adapter.stop()
     finally:
         for peer in peers:
             peer.kill()
-    if failures:
-        print(f"\n{failures} answers were not OK, or a run had no answers", file=sys.stderr)
-    return 1 if failures else 0
+    for failure in checks.failures:
+        print(failure, file=sys.stderr)
+    return 1 if checks.failures else 0
 
 
 if __name__ == "__main__":

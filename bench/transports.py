@@ -22,17 +22,12 @@ import httpx
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from standins import UserliStandIn, dataset, serve, user_address
+from standins import UserliStandIn, serve, user_address
 
 from adapter.transport import UserliTransport
 
 USERS = 20_000
-ANSWERS: dict[bytes, bytes] = {}
 OPENED: list[float] = []  # connections opened per request, per run
-
-
-def standin_factory() -> UserliStandIn:
-    return UserliStandIn(ANSWERS)
 
 
 def free_port() -> int:
@@ -42,8 +37,7 @@ def free_port() -> int:
 
 
 def run_standin(address: str, ready: object) -> None:
-    ANSWERS.update(dataset(USERS))
-    serve(standin_factory, address, 1, ready)
+    serve(UserliStandIn, address, 1, ready)
 
 
 async def rate(make_client: Callable[[], httpx.AsyncClient], in_flight: int, seconds: float = 2.0) -> float:
