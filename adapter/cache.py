@@ -26,11 +26,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
-
-import redis.asyncio as redis
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from adapter.userli import NOT_FOUND, Found, NotFound
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["STALE_NOTFOUND_MAPS", "Answer", "Entry", "Freshness", "Generations", "MemoryCache", "RedisCache"]
 
@@ -164,6 +165,9 @@ class RedisCache:
         on_error: Callable[[str], None] = lambda map_name: None,  # a lookup went on without Redis
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        from adapter.redis_client import ERRORS  # redis-py only where Redis is configured
+
+        self._errors = ERRORS
         self._client = client
         self._policy = policy
         self._on_error = on_error
@@ -181,7 +185,7 @@ class RedisCache:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 value, pttl = await pipe.get(self.key(map_name, key)).pttl(self.key(map_name, key)).execute()
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             self._failed(exc, map_name)
             return None
         answer = decode(value) if isinstance(value, str) else None
@@ -199,13 +203,13 @@ class RedisCache:
                 await self._client.set(self.key(map_name, key), encode(answer), px=max(1, int(keep * 1000)))
             else:
                 await self._client.delete(self.key(map_name, key))
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             self._failed(exc, map_name)
 
     async def ping(self) -> bool:
         try:
             return bool(await self._client.ping())
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             self._failed(exc)
             return False
 

@@ -20,11 +20,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import redis.asyncio as redis
+from typing import TYPE_CHECKING, Protocol
 
 from adapter.userli import Quota
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["DAY", "HOUR", "Decision", "MemoryRateLimiter", "RateLimitError", "RateLimiter", "RedisRateLimiter"]
 
@@ -113,6 +114,9 @@ return {hour, day}
 
 class RedisRateLimiter:
     def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+        from adapter.redis_client import ERRORS  # redis-py only where Redis is configured
+
+        self._errors = ERRORS
         self._client = client
         self._clock = clock
         self._script = client.register_script(_CHECK_SCRIPT)
@@ -128,6 +132,6 @@ class RedisRateLimiter:
             last_hour, last_day = await self._script(
                 keys=[self.key(identity)], args=[now, member, KEY_TTL, events_to_keep(quota)]
             )
-        except (redis.RedisError, OSError) as exc:
+        except self._errors as exc:
             raise RateLimitError(exc.__class__.__name__) from exc
         return decide(quota, int(last_hour), int(last_day), weight)

@@ -18,8 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-
-import redis.asyncio as redis
+from typing import TYPE_CHECKING
 
 from adapter.breaker import BreakerState, CircuitBreaker
 from adapter.cache import Answer, Entry, Freshness, RedisCache
@@ -27,6 +26,9 @@ from adapter.config import Config
 from adapter.lookup_cache import LookupCache, request_key
 from adapter.metrics import Metrics
 from adapter.userli import Failure, Outcome, UserliClient
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 __all__ = ["FIRST_TIER_TTL", "ResilientUserli"]
 

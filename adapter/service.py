@@ -14,7 +14,6 @@ from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
 from adapter.policy import PolicyDecider, PolicySession
 from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
-from adapter.redis_client import connect as connect_redis
 from adapter.resilience import ResilientUserli
 from adapter.sasl import Authenticator, SaslSession
 from adapter.server import Limits, Listener
@@ -34,7 +33,11 @@ class Service:
         self.config = config
         self.metrics = Metrics(handlers=MAP_NAMES, endpoints=ENDPOINTS)
         self.userli = UserliClient.from_config(config, self.metrics)
-        self.redis = connect_redis(config.redis_url) if config.redis_url else None
+        self.redis = None
+        if config.redis_url:
+            from adapter.redis_client import connect  # redis-py only where Redis is configured
+
+            self.redis = connect(config.redis_url)
         self.resilient = ResilientUserli.from_config(config, self.userli, self.metrics, self.redis)
         lookups = Lookups(self.resilient, self.metrics)
         self.socketmap = Listener(

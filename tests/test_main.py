@@ -150,3 +150,9 @@ def test_healthcheck_command(process: subprocess.Popen[str], ports: tuple[int, i
     assert healthcheck(f"127.0.0.1:{ports[1]}") == 0
     assert healthcheck(f":{ports[1]}") == 0  # all interfaces: asks loopback
     assert healthcheck(f"127.0.0.1:{free_port()}") == 1  # nothing there
+
+
+def test_redis_py_is_loaded_only_where_redis_is_configured() -> None:
+    """Importing redis-py costs about 7 MB of a 40 MB process (bench/README)."""
+    code = "import sys, adapter.__main__, adapter.service; print('redis' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
