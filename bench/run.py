@@ -29,6 +29,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,6 +224,20 @@ def podop_python(choice: str) -> str | None:
     return python if found else None
 
 
+Row = Callable[[], Result]
+
+
+def interleaved(rows: dict[str, Row], runs: int) -> dict[str, list[Result]]:
+    """Every row once per round, ``runs`` rounds: rows compared side by side share the machine's
+    drift (this one's throughput wanders by 10-15 % over a minute), instead of one row's runs
+    all coming before the other's."""
+    results: dict[str, list[Result]] = {label: [] for label in rows}
+    for _ in range(runs):
+        for label, row in rows.items():
+            results[label].append(row())
+    return results
+
+
 def report(label: str, results: list[Result], base: float | None = None, note: str = "") -> float:
     rate = statistics.median(r.rate for r in results)
     best = min(results, key=lambda r: abs(r.rate - rate))  # the median run's details
@@ -292,6 +307,12 @@ def main() -> int:
         cold_next += count
         return traffic.cold_keys(cold_next - count, count)
 
+    def hot_set() -> list[bytes]:
+        return hot
+
+    def row(address: str, payloads: Callable[[], list[bytes]], connections: int, watched: dict[str, int]) -> Row:
+        return lambda: load.run(address, payloads(), connections, args.seconds, watched)
+
     print(
         f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}; servers on CPU {SERVER_CPU}, load "
         f"generator and userli stand-in on CPU {LOAD_CPU}\nhot set: {len(set(hot)):,} distinct keys, "
@@ -303,65 +324,63 @@ def main() -> int:
             def address(name: str, transport: str = transport) -> str:
                 return str(workdir / f"{name}.sock") if transport == "unix" else f"127.0.0.1:{free_port()}"
 
-            ceiling_address = address("ceiling")
-            ceiling = start(run_ceiling, ceiling_address)
-            peers.append(ceiling)
-            print(f"\n{transport.upper()}")
-            ceilings = {}
-            for c in concurrency:
-                label = f"ceiling C={c}"
-                watched = {"server": ceiling.pid}
-                results = [load.run(ceiling_address, hot, c, args.seconds, watched) for _ in range(args.runs)]
-                ceilings[c] = report(label, results)
-                checks.ceiling(label, results, args.smoke)
-            ceiling.kill()
+            print(f"\n{transport.upper()}", flush=True)
             if "hot" in modes:
+                ceiling_address = address("ceiling")
+                ceiling = start(run_ceiling, ceiling_address)
                 adapter = Adapter(userli, address("adapter-hot"), **CACHED)
                 try:
                     load.run(adapter.address, hot, 50, 0)  # every key once: all cached
+                    rows: dict[str, Row] = {}
                     for c in concurrency:
+                        rows[f"ceiling C={c}"] = row(ceiling_address, hot_set, c, {"server": ceiling.pid})
+                        rows[f"adapter hot C={c}"] = row(adapter.address, hot_set, c, {"adapter": adapter.pid})
+                    results = interleaved(rows, args.runs)
+                    for c in concurrency:
+                        label = f"ceiling C={c}"
+                        checks.ceiling(label, results[label], args.smoke)
+                        ceiling_rate = report(label, results[label])
                         label = f"adapter hot C={c}"
-                        results = [
-                            load.run(adapter.address, hot, c, args.seconds, {"adapter": adapter.pid})
-                            for _ in range(args.runs)
-                        ]
-                        report(label, results, ceilings[c])
-                        checks.answers(label, results, ok_share)
+                        report(label, results[label], ceiling_rate)
+                        checks.answers(label, results[label], ok_share)
                     print(f"  {'GC, longest':22s} {adapter.gc_pause_ms()}; RSS {adapter.rss_mb():.0f} MB")
                 finally:
                     adapter.stop()
+                    ceiling.kill()
             if "cold" in modes:
                 adapter = Adapter(userli, address("adapter-cold"), **CACHED)
                 with_peer = podop is not None and transport == "unix"  # Podop: UNIX only
                 peer = Podop(podop, userli, address("podop")) if with_peer else None  # type: ignore[arg-type]
                 try:
                     load.run(adapter.address, hot, 50, 0)  # the hot set already cached
-                    rss_before = adapter.rss_mb()
+                    rss_before, calls = adapter.rss_mb(), adapter.userli_calls()
+                    rows = {}
+                    for c in concurrency:
+                        watched = {"adapter": adapter.pid, "userli": standin.pid}
+                        rows[f"adapter cold C={c}"] = row(adapter.address, cold, c, watched)
+                        if peer is not None:
+                            rows[f"podop C={c}"] = row(
+                                peer.address, cold, c, {"podop": peer.pid, "userli": standin.pid}
+                            )
+                    results = interleaved(rows, args.runs)
+                    adapter_replies = sum(r.replies for label, rs in results.items() if "adapter" in label for r in rs)
+                    per_lookup = (adapter.userli_calls() - calls) / adapter_replies
                     rates = {}
                     for c in concurrency:
                         label = f"adapter cold C={c}"
-                        calls = adapter.userli_calls()
-                        watched = {"adapter": adapter.pid, "userli": standin.pid}
-                        results = [
-                            load.run(adapter.address, cold(), c, args.seconds, watched) for _ in range(args.runs)
-                        ]
-                        per_lookup = (adapter.userli_calls() - calls) / sum(r.replies for r in results)
-                        rates[c] = report(label, results, note=f"  {per_lookup:.2f} userli calls per lookup")
-                        checks.answers(label, results, 1.0)
+                        rates[c] = report(label, results[label])
+                        checks.answers(label, results[label], 1.0)
                         if peer is not None:
                             label = f"podop C={c}"
-                            watched = {"podop": peer.pid, "userli": standin.pid}
-                            peer_results = [
-                                load.run(peer.address, cold(), c, args.seconds, watched) for _ in range(args.runs)
-                            ]
-                            peer_rate = report(label, peer_results)
-                            checks.answers(label, peer_results, 1.0)
+                            peer_rate = report(label, results[label])
+                            checks.answers(label, results[label], 1.0)
                             print(f"  {'adapter / podop':22s} {rates[c] / peer_rate:9.2f}x", flush=True)
                     if 10 in rates and 200 in rates:
                         print(f"  {'cold C=200 / C=10':22s} {rates[200] / rates[10]:9.2f}x")
                     print(
-                        f"  {'GC, longest':22s} {adapter.gc_pause_ms()}; RSS {rss_before:.0f} MB before the cold "
-                        f"rows, {adapter.rss_mb():.0f} MB after"
+                        f"  {'userli calls':22s} {per_lookup:9.2f} per adapter lookup\n  {'GC, longest':22s} "
+                        f"{adapter.gc_pause_ms()}; RSS {rss_before:.0f} MB before the cold rows, "
+                        f"{adapter.rss_mb():.0f} MB after"
                     )
                 finally:
                     adapter.stop()
