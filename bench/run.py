@@ -262,9 +262,12 @@ class Checks:
                 share = result.answers["OK"] / answered
                 self.failures.append(f"{label}: {share:.2f} of the answers OK, the data set has {ok_share:.2f}")
 
-    def ceiling(self, label: str, results: list[Result], smoke: bool) -> None:
+    def ceiling(self, label: str, results: list[Result], connections: int, smoke: bool) -> None:
+        """From 10 connections on, the ceiling server must be the bottleneck. With one, a closed
+        loop waits on itself (request, reply, request): neither side can fill its core. A smoke
+        run is too short for /proc's 10 ms ticks."""
         share = statistics.median(r.cpu["server"] for r in results)
-        if share < 0.95 and not smoke:  # a smoke run is too short for /proc's 10 ms ticks
+        if share < 0.95 and connections >= 10 and not smoke:
             self.failures.append(f"{label}: the server used {share:.2f} of its core: the load set the pace")
 
 
@@ -338,7 +341,7 @@ def main() -> int:
                     results = interleaved(rows, args.runs)
                     for c in concurrency:
                         label = f"ceiling C={c}"
-                        checks.ceiling(label, results[label], args.smoke)
+                        checks.ceiling(label, results[label], c, args.smoke)
                         ceiling_rate = report(label, results[label])
                         label = f"adapter hot C={c}"
                         report(label, results[label], ceiling_rate)
