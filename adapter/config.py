@@ -17,7 +17,16 @@ from urllib.parse import urlsplit
 
 from adapter.tls import TlsConfigError, TlsFiles, client_context
 
-__all__ = ["Config", "ConfigError", "ListenAddress", "parse_duration", "parse_listen_address"]
+__all__ = [
+    "VARIABLES",
+    "Config",
+    "ConfigError",
+    "ListenAddress",
+    "Variable",
+    "markdown_table",
+    "parse_duration",
+    "parse_listen_address",
+]
 
 # Postfix gives a socketmap server 100 s per request, and a lookup with a recipient delimiter may
 # make two userli calls in a row: both must fit, with room to spare.
@@ -36,6 +45,204 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_LEVEL_ALIASES = {"warn": "warning", "dpanic": "error", "panic": "error", "fatal": "error"}
 OFF = "off"  # a listener variable set to this turns the listener off
 LOG_FORMATS = ("json", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class Variable:
+    """One row of the configuration's documentation: README's table and ``--help`` are built
+    from ``VARIABLES``, and ``Config.from_env`` takes its defaults from it, so they cannot drift."""
+
+    names: tuple[str, ...]
+    default: str | None  # what an unset variable means, as the reader parses it; None: unset
+    meaning: str  # Markdown, as in the README
+    shown: str | None = None  # the default column when it is not just `default`
+
+    @property
+    def markdown_default(self) -> str:
+        return self.shown if self.shown is not None else f"`{self.default}`"
+
+    @property
+    def plain_default(self) -> str:
+        return _plain(self.markdown_default)
+
+    @property
+    def plain_meaning(self) -> str:
+        return _plain(self.meaning)
+
+    def markdown_row(self) -> str:
+        names = " / ".join(f"`{name}`" for name in self.names)
+        return f"| {names} | {self.markdown_default} | {self.meaning} |"
+
+
+def _plain(markdown: str) -> str:
+    """Markdown to terminal text: no backticks, links as their text."""
+    return re.sub(r"\[([^\]]+)\]\([^)]+\)", r"\1", markdown).replace("`", "")
+
+
+VARIABLES = (
+    Variable(("USERLI_TOKEN",), None, "userli API token, sent as `Authorization: Bearer …`", shown="required"),
+    Variable(
+        ("USERLI_TOKEN_FILE",),
+        None,
+        "read the token from this file instead (Docker/Kubernetes secrets); set only one of the two",
+        shown="unset",
+    ),
+    Variable(("USERLI_BASE_URL",), "http://localhost:8000", "userli base URL; a path prefix is allowed"),
+    Variable(
+        ("USERLI_TIMEOUT",),
+        "5s",
+        "deadline for one userli call (at most 45 s: two calls must fit in Postfix's 100 s)",
+    ),
+    Variable(
+        ("USERLI_KEEPALIVE",),
+        "4s",
+        "how long an idle connection to userli is kept for the next call; `0`: a fresh connection for every "
+        "call (see [Connection handling](#connection-handling))",
+    ),
+    Variable(
+        ("USERLI_CA_FILE",),
+        None,
+        "PEM file of the CAs to trust for an `https` userli, instead of the built-in list (for a private CA);"
+        " OpenSSL's `SSL_CERT_FILE` and `SSL_CERT_DIR` are read when it is unset",
+        shown="unset",
+    ),
+    Variable(
+        ("USERLI_CLIENT_CERT", "USERLI_CLIENT_KEY"),
+        None,
+        "a client certificate (PEM, with its key, or the key in a file of its own) for userli behind mutual TLS",
+        shown="unset",
+    ),
+    Variable(
+        ("POSTFIX_RECIPIENT_DELIMITER",),
+        None,
+        "like Postfix's `recipient_delimiter`: a set of characters, e.g. `+` or `+-`",
+        shown="empty",
+    ),
+    Variable(
+        ("SOCKETMAP_LISTEN_ADDR",),
+        ":10001",
+        "`host:port`, `:port` (all interfaces), `[::1]:port`, or a UNIX socket: a path starting with `/` or "
+        "ending in `.sock`",
+    ),
+    Variable(
+        ("SOCKETMAP_SOCKET_MODE",),
+        "0666",
+        "permissions of the UNIX socket; a stale socket file is removed at start, the socket is removed at exit",
+    ),
+    Variable(("METRICS_LISTEN_ADDR",), ":10002", "side HTTP server for `/metrics`, `/health`, `/ready`"),
+    Variable(("MAX_CONNECTIONS",), "500", "socketmap client connections served at once"),
+    Variable(
+        ("IDLE_TIMEOUT",),
+        "60s",
+        "close a client connection idle this long (Postfix itself closes idle ones after 10 s)",
+    ),
+    Variable(("SHUTDOWN_TIMEOUT",), "10s", "on SIGTERM/SIGINT, how long lookups in flight may take to finish"),
+    Variable(
+        ("LOOKUP_CACHE_TTL",),
+        "300s",
+        "how long a positive answer (`OK …`) is served without asking userli; `0` disables",
+    ),
+    Variable(
+        ("LOOKUP_NEGATIVE_TTL",),
+        "0",
+        "how long a `NOTFOUND` is cached; off by default so new accounts work at once",
+        shown="`0` (off)",
+    ),
+    Variable(
+        ("LOOKUP_STALE_TTL",),
+        "24h",
+        "while userli fails, answer with the last positive answer if it is younger than this; `0` disables",
+    ),
+    Variable(
+        ("LOOKUP_CACHE_SIZE",),
+        "100000",
+        "entries of the in-process cache: that many of the most recently used are always kept, and a flood of"
+        " new keys holds at most twice as many before the older half is dropped",
+    ),
+    Variable(
+        ("REDIS_URL",),
+        None,
+        "e.g. `redis://redis:6379/0` (`rediss://`, `unix://` too): share the cache between replicas",
+        shown="unset",
+    ),
+    Variable(("USERLI_BREAKER_THRESHOLD",), "20", "consecutive userli failures that open the circuit breaker"),
+    Variable(
+        ("USERLI_BREAKER_COOLDOWN",),
+        "5s",
+        "how long the open breaker answers without calling userli before one probe goes through",
+    ),
+    Variable(
+        ("POLICY_LISTEN_ADDR",),
+        ":10003",
+        "the policy server, like `SOCKETMAP_LISTEN_ADDR`; empty means the default (as in the Go adapter), "
+        "`off` turns it off",
+    ),
+    Variable(("POLICY_SOCKET_MODE",), "0666", "permissions of the policy server's UNIX socket"),
+    Variable(
+        ("POLICY_IDLE_TIMEOUT",),
+        "330s",
+        "close an idle policy connection after this long; at least 300 s, since Postfix keeps them for 300 s",
+    ),
+    Variable(("QUOTA_CACHE_TTL",), "60s", "how long a user's quota from userli is reused; `0` asks every time"),
+    Variable(
+        ("RATE_LIMIT_COUNT",),
+        "messages",
+        "count `messages`, or `recipients` (one message to 500 recipients counts 500)",
+    ),
+    Variable(
+        ("RATE_LIMIT_SENDERS",),
+        "all",
+        "`all`: the SASL login, else the envelope sender; `authenticated`: only messages with a SASL login "
+        "count (inbound mail can forge any sender)",
+    ),
+    Variable(
+        ("RATE_LIMIT_ACTION",),
+        "REJECT",
+        "what an over-quota message gets: `REJECT`, `DEFER`, `DEFER_IF_PERMIT`, or a `4NN`/`5NN` code",
+    ),
+    Variable(("RATE_LIMIT_MESSAGE",), "Rate limit exceeded, please try again later", "the text sent with that action"),
+    Variable(
+        ("SASL_LISTEN_ADDR",),
+        None,
+        "the SASL server (Dovecot auth protocol), like `SOCKETMAP_LISTEN_ADDR`, e.g. `:10004` or "
+        "`/var/spool/postfix/private/userli-auth`; empty or `off`: off",
+        shown="empty (off)",
+    ),
+    Variable(
+        ("SASL_SOCKET_MODE",),
+        "0666",
+        "permissions of the SASL UNIX socket",
+        shown="`0666`; `0660` with an owner or group",
+    ),
+    Variable(
+        ("SASL_SOCKET_OWNER", "SASL_SOCKET_GROUP"),
+        None,
+        "owner and group (names or numbers) of the SASL UNIX socket, e.g. `postfix`",
+        shown="unset",
+    ),
+    Variable(
+        ("SASL_TIMEOUT",),
+        "5s",
+        "deadline for userli's answer to a login, whatever `USERLI_TIMEOUT` is (Postfix waits 10 s in all)",
+    ),
+    Variable(
+        ("SASL_FAILURE_DELAY",),
+        "2s",
+        "hold back the answer to a failed login this long, on that connection only; `0` disables",
+    ),
+    Variable(
+        ("LOG_LEVEL",),
+        "info",
+        "`debug`, `info`, `warning` (or `warn`), `error`; the Go adapter's `dpanic`, `panic` and `fatal` mean `error`",
+    ),
+    Variable(("LOG_FORMAT",), "json", "`json` (one object per line) or `text`; logs go to stderr"),
+)
+DEFAULTS = {name: variable.default for variable in VARIABLES for name in variable.names}
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    return "\n".join(["| variable | default | meaning |", "|---|---|---|", *(v.markdown_row() for v in VARIABLES)])
 
 
 class ConfigError(ValueError):
@@ -87,7 +294,7 @@ class Config:
     rate_limit_action: str = "REJECT"
     rate_limit_message: str = "Rate limit exceeded, please try again later"
     sasl_address: ListenAddress | None = None  # None: no SASL server
-    sasl_socket_mode: int = 0o660
+    sasl_socket_mode: int = 0o666  # 0o660 with an owner or group (from_env)
     sasl_socket_owner: int | None = None  # uid for the UNIX socket
     sasl_socket_group: int | None = None  # gid for the UNIX socket
     sasl_timeout: float = 5.0
@@ -103,39 +310,39 @@ class Config:
         return cls(
             userli_token=_token(env),
             token_source="USERLI_TOKEN_FILE" if env.get("USERLI_TOKEN_FILE") else "USERLI_TOKEN",
-            userli_base_url=reader.url("USERLI_BASE_URL", "http://localhost:8000"),
-            userli_timeout=reader.duration("USERLI_TIMEOUT", "5s", maximum=MAX_USERLI_TIMEOUT),
+            userli_base_url=reader.url("USERLI_BASE_URL"),
+            userli_timeout=reader.duration("USERLI_TIMEOUT", maximum=MAX_USERLI_TIMEOUT),
             # Under Apache's 5 s keep-alive, so a request rarely meets a connection being closed.
-            userli_keepalive=reader.duration("USERLI_KEEPALIVE", "4s", maximum=60, allow_zero=True),
+            userli_keepalive=reader.duration("USERLI_KEEPALIVE", maximum=60, allow_zero=True),
             userli_tls=reader.tls_files(),
             recipient_delimiter=reader.delimiter("POSTFIX_RECIPIENT_DELIMITER"),
-            socketmap_address=reader.address("SOCKETMAP_LISTEN_ADDR", ":10001"),
-            socketmap_socket_mode=reader.mode("SOCKETMAP_SOCKET_MODE", "0666"),
-            metrics_address=reader.address("METRICS_LISTEN_ADDR", ":10002"),
-            max_connections=reader.integer("MAX_CONNECTIONS", "500", minimum=1, maximum=100_000),
-            idle_timeout=reader.duration("IDLE_TIMEOUT", "60s"),
-            shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", "10s", maximum=3600),
-            cache_ttl=reader.duration("LOOKUP_CACHE_TTL", "300s", allow_zero=True),
-            negative_ttl=reader.duration("LOOKUP_NEGATIVE_TTL", "0", allow_zero=True),
-            stale_ttl=reader.duration("LOOKUP_STALE_TTL", "24h", maximum=30 * 86_400, allow_zero=True),
-            cache_size=reader.integer("LOOKUP_CACHE_SIZE", "100000", minimum=1, maximum=100_000_000),
+            socketmap_address=reader.address("SOCKETMAP_LISTEN_ADDR"),
+            socketmap_socket_mode=reader.mode("SOCKETMAP_SOCKET_MODE"),
+            metrics_address=reader.address("METRICS_LISTEN_ADDR"),
+            max_connections=reader.integer("MAX_CONNECTIONS", minimum=1, maximum=100_000),
+            idle_timeout=reader.duration("IDLE_TIMEOUT"),
+            shutdown_timeout=reader.duration("SHUTDOWN_TIMEOUT", maximum=3600),
+            cache_ttl=reader.duration("LOOKUP_CACHE_TTL", allow_zero=True),
+            negative_ttl=reader.duration("LOOKUP_NEGATIVE_TTL", allow_zero=True),
+            stale_ttl=reader.duration("LOOKUP_STALE_TTL", maximum=30 * 86_400, allow_zero=True),
+            cache_size=reader.integer("LOOKUP_CACHE_SIZE", minimum=1, maximum=100_000_000),
             redis_url=reader.redis_url("REDIS_URL"),
-            breaker_threshold=reader.integer("USERLI_BREAKER_THRESHOLD", "20", minimum=1, maximum=1_000_000),
-            breaker_cooldown=reader.duration("USERLI_BREAKER_COOLDOWN", "5s", maximum=3600),
+            breaker_threshold=reader.integer("USERLI_BREAKER_THRESHOLD", minimum=1, maximum=1_000_000),
+            breaker_cooldown=reader.duration("USERLI_BREAKER_COOLDOWN", maximum=3600),
             # Empty means the default, as in the Go adapter; "off" turns the policy server off.
-            policy_address=reader.optional_address("POLICY_LISTEN_ADDR", ":10003", empty_is_default=True),
-            policy_socket_mode=reader.mode("POLICY_SOCKET_MODE", "0666"),
-            policy_idle_timeout=reader.duration("POLICY_IDLE_TIMEOUT", "330s", minimum=MIN_POLICY_IDLE_TIMEOUT),
-            quota_cache_ttl=reader.duration("QUOTA_CACHE_TTL", "60s", allow_zero=True),
-            rate_limit_count=reader.choice("RATE_LIMIT_COUNT", "messages", RATE_LIMIT_COUNTS),
-            rate_limit_senders=reader.choice("RATE_LIMIT_SENDERS", "all", RATE_LIMIT_SENDERS),
+            policy_address=reader.optional_address("POLICY_LISTEN_ADDR", empty_is_default=True),
+            policy_socket_mode=reader.mode("POLICY_SOCKET_MODE"),
+            policy_idle_timeout=reader.duration("POLICY_IDLE_TIMEOUT", minimum=MIN_POLICY_IDLE_TIMEOUT),
+            quota_cache_ttl=reader.duration("QUOTA_CACHE_TTL", allow_zero=True),
+            rate_limit_count=reader.choice("RATE_LIMIT_COUNT", RATE_LIMIT_COUNTS),
+            rate_limit_senders=reader.choice("RATE_LIMIT_SENDERS", RATE_LIMIT_SENDERS),
             rate_limit_action=reader.rate_limit_action("RATE_LIMIT_ACTION"),
-            rate_limit_message=reader.text("RATE_LIMIT_MESSAGE", "Rate limit exceeded, please try again later"),
-            sasl_address=reader.optional_address("SASL_LISTEN_ADDR", ""),
+            rate_limit_message=reader.text("RATE_LIMIT_MESSAGE"),
+            sasl_address=reader.optional_address("SASL_LISTEN_ADDR"),
             **reader.sasl_socket(),
             **reader.sasl_timing(),
-            log_level=reader.choice("LOG_LEVEL", "info", LOG_LEVELS, aliases=LOG_LEVEL_ALIASES),
-            log_format=reader.choice("LOG_FORMAT", "json", LOG_FORMATS),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, aliases=LOG_LEVEL_ALIASES),
+            log_format=reader.choice("LOG_FORMAT", LOG_FORMATS),
         )
 
     def summary(self) -> dict[str, object]:
@@ -243,15 +450,16 @@ class _Reader:
     def __init__(self, env: Mapping[str, str]) -> None:
         self._env = env
 
-    def _raw(self, name: str, default: str) -> str:
+    def _raw(self, name: str, default: str | None = None) -> str:
+        """The value, or the default: the one given, else the variable's own from ``VARIABLES``."""
         value = self._env.get(name)
-        return default if value is None or value.strip() == "" else value.strip()
+        if value is None or value.strip() == "":
+            return (DEFAULTS[name] or "") if default is None else default
+        return value.strip()
 
-    def duration(
-        self, name: str, default: str, maximum: float = 86_400, allow_zero: bool = False, minimum: float = 0.0
-    ) -> float:
+    def duration(self, name: str, maximum: float = 86_400, allow_zero: bool = False, minimum: float = 0.0) -> float:
         try:
-            seconds = parse_duration(self._raw(name, default))
+            seconds = parse_duration(self._raw(name))
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
         if seconds == 0 and allow_zero:
@@ -261,16 +469,16 @@ class _Reader:
             raise ConfigError(f"{name}: must be {lowest} and at most {maximum:g} seconds")
         return seconds
 
-    def optional_address(self, name: str, default: str, empty_is_default: bool = False) -> ListenAddress | None:
+    def optional_address(self, name: str, empty_is_default: bool = False) -> ListenAddress | None:
         """Like ``address``, but ``off`` turns the listener off, and so does the empty string
         unless it means the default (as it does for the policy server in the Go adapter)."""
         raw = self._env.get(name)
         if raw is not None and raw.strip().lower() == OFF:
             return None
         empty = raw is None or raw.strip() == ""
-        if empty and (default == "" or (raw is not None and not empty_is_default)):
+        if empty and (not DEFAULTS[name] or (raw is not None and not empty_is_default)):
             return None
-        return self.address(name, default)
+        return self.address(name)
 
     def sasl_socket(self) -> dict[str, int | None]:
         """Owner, group and mode of the SASL UNIX socket. Without an owner or group it is 0666, as
@@ -290,7 +498,7 @@ class _Reader:
         return self._id(name, lambda n: grp.getgrnam(n).gr_gid, "group")
 
     def _id(self, name: str, lookup: Callable[[str], int], kind: str) -> int | None:
-        raw = self._raw(name, "")
+        raw = self._raw(name)
         if not raw:
             return None
         if raw.isdigit():
@@ -301,8 +509,8 @@ class _Reader:
             raise ConfigError(f"{name}: there is no {kind} {raw!r} on this system") from None
 
     def sasl_timing(self) -> dict[str, float]:
-        timeout = self.duration("SASL_TIMEOUT", "5s", maximum=POSTFIX_AUTH_TIMEOUT)
-        delay = self.duration("SASL_FAILURE_DELAY", "2s", maximum=POSTFIX_AUTH_TIMEOUT, allow_zero=True)
+        timeout = self.duration("SASL_TIMEOUT", maximum=POSTFIX_AUTH_TIMEOUT)
+        delay = self.duration("SASL_FAILURE_DELAY", maximum=POSTFIX_AUTH_TIMEOUT, allow_zero=True)
         if timeout + delay >= POSTFIX_AUTH_TIMEOUT - 1:
             raise ConfigError(
                 f"SASL_FAILURE_DELAY: with SASL_TIMEOUT it must stay under {POSTFIX_AUTH_TIMEOUT - 1:g} s "
@@ -311,19 +519,19 @@ class _Reader:
         return {"sasl_timeout": timeout, "sasl_failure_delay": delay}
 
     def rate_limit_action(self, name: str) -> str:
-        raw = self._raw(name, "REJECT").upper()
+        raw = self._raw(name).upper()
         if raw not in RATE_LIMIT_ACTIONS and not re.fullmatch(r"[45]\d\d", raw):
             raise ConfigError(f"{name}: {raw!r} is not REJECT, DEFER, DEFER_IF_PERMIT or a 4NN/5NN code")
         return raw
 
-    def text(self, name: str, default: str, max_length: int = 200) -> str:
-        raw = self._raw(name, default)
+    def text(self, name: str, max_length: int = 200) -> str:
+        raw = self._raw(name)
         if not raw.isprintable() or len(raw) > max_length:
             raise ConfigError(f"{name}: must be one line of printable text, at most {max_length} characters")
         return raw
 
     def redis_url(self, name: str) -> str:
-        raw = self._raw(name, "")
+        raw = self._raw(name)
         if not raw:
             return raw
         parts = urlsplit(raw)
@@ -334,32 +542,33 @@ class _Reader:
             )
         return raw
 
-    def integer(self, name: str, default: str, minimum: int, maximum: int) -> int:
-        raw = self._raw(name, default)
+    def integer(self, name: str, minimum: int, maximum: int) -> int:
+        raw = self._raw(name)
         if not raw.isdigit() or not minimum <= int(raw) <= maximum:
             raise ConfigError(f"{name}: {raw!r} is not a whole number from {minimum} to {maximum}")
         return int(raw)
 
-    def mode(self, name: str, default: str) -> int:
+    def mode(self, name: str, default: str | None = None) -> int:
         raw = self._raw(name, default)
         if not re.fullmatch(r"0?[0-7]{3}", raw):
             raise ConfigError(f"{name}: {raw!r} is not an octal file mode such as 0666")
         return int(raw, 8)
 
-    def address(self, name: str, default: str) -> ListenAddress:
+    def address(self, name: str) -> ListenAddress:
         try:
-            return parse_listen_address(self._raw(name, default))
+            return parse_listen_address(self._raw(name))
         except ValueError as exc:
             raise ConfigError(f"{name}: {exc}") from None
 
     def tls_files(self) -> TlsFiles:
-        ca_file = self._raw("USERLI_CA_FILE", "")
+        ca_file = self._raw("USERLI_CA_FILE")
+        openssl_file = "" if ca_file else self._raw("SSL_CERT_FILE", "")  # OpenSSL's own variables
         files = TlsFiles(
-            ca_file=ca_file or self._raw("SSL_CERT_FILE", ""),
+            ca_file=ca_file or openssl_file,
             ca_dir="" if ca_file else self._raw("SSL_CERT_DIR", ""),
-            ca_variable="USERLI_CA_FILE" if ca_file else "SSL_CERT_FILE",
-            client_cert=self._raw("USERLI_CLIENT_CERT", ""),
-            client_key=self._raw("USERLI_CLIENT_KEY", ""),
+            ca_variable="SSL_CERT_FILE" if openssl_file else "USERLI_CA_FILE",
+            client_cert=self._raw("USERLI_CLIENT_CERT"),
+            client_key=self._raw("USERLI_CLIENT_KEY"),
         )
         if files.client_key and not files.client_cert:
             raise ConfigError("USERLI_CLIENT_KEY: set USERLI_CLIENT_CERT too")
@@ -370,8 +579,8 @@ class _Reader:
                 raise ConfigError(str(exc)) from None
         return files
 
-    def url(self, name: str, default: str) -> str:
-        raw = self._raw(name, default).rstrip("/")
+    def url(self, name: str) -> str:
+        raw = self._raw(name).rstrip("/")
         parts = urlsplit(raw)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
             raise ConfigError(f"{name}: {raw!r} is not an http(s) URL such as https://userli.example.org")
@@ -383,8 +592,8 @@ class _Reader:
             raise ConfigError(f"{name}: {raw!r} must be printable characters, without '@', '/' or spaces")
         return "".join(dict.fromkeys(raw))  # a set of characters, like Postfix's recipient_delimiter
 
-    def choice(self, name: str, default: str, choices: tuple[str, ...], aliases: Mapping[str, str] = {}) -> str:
-        raw = self._raw(name, default).lower()
+    def choice(self, name: str, choices: tuple[str, ...], aliases: Mapping[str, str] = {}) -> str:
+        raw = self._raw(name).lower()
         raw = aliases.get(raw, raw)
         if raw not in choices:
             raise ConfigError(f"{name}: {raw!r} is not one of {', '.join(choices)}")
