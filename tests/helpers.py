@@ -465,3 +465,30 @@ def waits_behind_flooders(
         for process in processes:
             process.kill()
             process.join(5)
+
+
+class RecordingEnv(dict[str, str]):
+    """An environment that remembers every variable the code asks for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self.asked.add(str(key))
+        return super().__contains__(key)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+
+def variables_the_code_reads() -> set[str]:
+    """Every environment variable ``Config.from_env`` asks for."""
+    env = RecordingEnv({"USERLI_TOKEN": TOKEN})
+    Config.from_env(env)
+    return env.asked

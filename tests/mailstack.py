@@ -16,6 +16,7 @@ from helpers import DATA, RunningService, UserliStub, config_for
 from postfix import PostfixInstance
 
 from adapter.config import ListenAddress
+from adapter.postfix_config import main_parameters, submission_options
 
 LOOPBACK = ListenAddress(host="127.0.0.1", port=0)
 MAILDIR_OWNER = pwd.getpwnam("nobody")
@@ -55,20 +56,23 @@ class MailStack:
         self.postfix.start()
 
     def _main_cf(self) -> dict[str, str]:
-        socketmap = f"socketmap:inet:127.0.0.1:{self.adapter.socketmap_port}"
+        """What ``userli-postfix-adapter postfix-config`` generates for the listeners as bound: the
+        maps, SMTP AUTH, and the submission service's AUTH and quota, here on the one smtpd."""
+        bound = replace(
+            self.config,
+            socketmap_address=ListenAddress("127.0.0.1", self.adapter.socketmap_port),
+            policy_address=ListenAddress("127.0.0.1", self.adapter.policy_port),
+            sasl_address=ListenAddress("127.0.0.1", self.adapter.service.sasl.bound.port),  # type: ignore[union-attr]
+        )
+        submission = submission_options(bound)
         return {
-            "virtual_mailbox_domains": f"{socketmap}:domain",
-            "virtual_mailbox_maps": f"{socketmap}:mailbox",
-            "virtual_alias_maps": f"{socketmap}:alias",
-            "smtpd_sender_login_maps": f"{socketmap}:senders",
+            **main_parameters(bound),
+            "smtpd_sasl_auth_enable": submission["smtpd_sasl_auth_enable"],
+            "smtpd_end_of_data_restrictions": submission["smtpd_end_of_data_restrictions"],
             # Only logged-in clients are held to the senders map: inbound mail from elsewhere needs
             # no sender lookup, so it keeps flowing from the cache while userli is down.
             "smtpd_sender_restrictions": "reject_authenticated_sender_login_mismatch",
             "smtpd_relay_restrictions": "permit_sasl_authenticated, reject_unauth_destination",
-            "smtpd_sasl_auth_enable": "yes",
-            "smtpd_sasl_type": "dovecot",
-            "smtpd_sasl_path": f"inet:127.0.0.1:{self.adapter.service.sasl.bound.port}",  # type: ignore[union-attr]
-            "smtpd_end_of_data_restrictions": f"check_policy_service inet:127.0.0.1:{self.adapter.policy_port}",
             "recipient_delimiter": "+",
             "virtual_transport": "virtual",
             "virtual_mailbox_base": str(self.vmail),
