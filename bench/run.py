@@ -11,7 +11,8 @@ realistic hot set of 100,000 distinct keys across the four maps, all cached (NOT
 LOOKUP_NEGATIVE_TTL 300), bench/traffic.py);
 the adapter cold (lookups of users never asked before, every one a userli call, with the hot set
 already in the cache) and Podop beside it over UNIX. Then memory: the adapter's RSS with 500 idle
-connections after 300,000 distinct lookups (LOOKUP_CACHE_SIZE 100,000), and with ``--million``
+connections after 300,000 distinct lookups (LOOKUP_CACHE_SIZE 100,000) and after each 300,000
+more (the cache turns; memory must stay flat), and with ``--million``
 after 1,000,000 (LOOKUP_CACHE_SIZE 1,000,000). The longest garbage-collector pause of each
 adapter comes from its own metrics.
 """
@@ -406,6 +407,14 @@ def main() -> int:
                         f"500 idle connections: RSS {adapter.rss_mb():.1f} MB; GC, longest: {adapter.gc_pause_ms()}",
                         flush=True,
                     )
+                    if cache_size == 100_000:  # and on: the cache turns, memory must not grow
+                        for more in range(2):
+                            load.run(adapter.address, cold(300_000), 50, 0)
+                            print(
+                                f"  {' ' * 22}after {lookups + 300_000 * (more + 1):,} distinct lookups: "
+                                f"RSS {adapter.rss_mb():.1f} MB; GC, longest: {adapter.gc_pause_ms()}",
+                                flush=True,
+                            )
                     for sock in idle:
                         sock.close()
                 finally:
