@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["MAX_ADDRESS", "address_key", "canonical", "lookup_keys", "strip_extension"]
+__all__ = ["MAX_ADDRESS", "address_key", "canonical", "lookup_keys", "map_keys", "strip_extension"]
 
 MAX_ADDRESS = 255  # userli stores addresses in a 255-character column; RFC 5321 allows 254
 
@@ -91,3 +91,8 @@ def lookup_keys(raw: str, delimiters: str = "", *, domain_only: bool = False) ->
     local, _, domain = key.rpartition("@")
     base = local if local.startswith('"') else strip_extension(local, delimiters)
     return (key,) if base == local else (key, f"{base}@{domain}")
+
+
+def map_keys(map_name: str, raw: str, delimiters: str = "") -> tuple[str, ...]:
+    """``lookup_keys`` for a request to a map: the domain map takes domains only."""
+    return lookup_keys(raw, delimiters, domain_only=map_name == "domain")

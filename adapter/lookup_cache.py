@@ -25,7 +25,7 @@ from __future__ import annotations
 import struct
 
 from adapter.cache import Answer, Entry, Generations, decode, encode
-from adapter.keys import lookup_keys
+from adapter.keys import map_keys
 from adapter.protocols.netstring import encode as netstring
 from adapter.protocols.socketmap import MAX_REPLY_PAYLOAD
 from adapter.userli import MAPS, Found
@@ -94,7 +94,7 @@ class LookupCache:
     def keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
         """The canonical keys asked for a request's key, in order: the rules that decide which
         entry answers a request live here, beside the entries, so they cannot disagree."""
-        return lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain")
+        return map_keys(map_name, raw_key, self._delimiters)
 
     def _direct(self, map_name: str, key: str, found: bool) -> bool:
         """Whether a request for exactly this key gets this answer: its first canonical key is the

@@ -31,7 +31,7 @@ import httpx
 from adapter import __version__
 from adapter.config import Config
 from adapter.failure_log import FailureLog
-from adapter.keys import lookup_keys
+from adapter.keys import map_keys
 from adapter.metrics import Metrics
 from adapter.tls import client_context, describe_tls_error
 from adapter.transport import UserliTransport
@@ -179,7 +179,7 @@ class UserliClient:
 
     def keys(self, map_name: str, raw_key: str) -> tuple[str, ...]:
         """The canonical keys to ask for a request's key, in order (keys.py)."""
-        return lookup_keys(raw_key, self._delimiters, domain_only=map_name == "domain")
+        return map_keys(map_name, raw_key, self._delimiters)
 
     def lookup_now(self, map_name: str, key: str) -> Outcome | None:
         return None  # the client itself never knows an answer without asking userli
