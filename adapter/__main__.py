@@ -65,10 +65,11 @@ def _variables_help() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command = args.command or "serve"
-    if command == "postfix-config" and not (os.environ.get("USERLI_TOKEN") or os.environ.get("USERLI_TOKEN_FILE")):
-        os.environ["USERLI_TOKEN"] = "unused"  # Postfix's side needs no token
+    env = dict(os.environ)
+    if command == "postfix-config" and not (env.get("USERLI_TOKEN") or env.get("USERLI_TOKEN_FILE")):
+        env["USERLI_TOKEN"] = "unused"  # Postfix's side needs no token
     try:
-        config = Config.from_env()
+        config = Config.from_env(env)
     except ConfigError as exc:
         print(f"{PROGRAM}: configuration error: {exc}", file=sys.stderr)
         return 2
