@@ -100,6 +100,7 @@ def _listeners(config: Config) -> list[tuple[str, ListenAddress]]:
         listeners.append(("POLICY_LISTEN_ADDR", config.policy_address))
     if config.sasl_address is not None:
         listeners.append(("SASL_LISTEN_ADDR", config.sasl_address))
+    listeners += [("TCP_TABLE_LISTEN_ADDRS", address) for _, address in config.tcp_table_addresses]
     return listeners
 
 

@@ -44,6 +44,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The Go adapter's zap levels, so that a Go environment starts unchanged.
 LOG_LEVEL_ALIASES = {"warn": "warning", "dpanic": "error", "panic": "error", "fatal": "error"}
 OFF = "off"  # a listener variable set to this turns the listener off
+TCP_TABLE_MAPS = ("alias", "domain", "mailbox", "senders")  # userli.MAPS (config cannot import userli)
 LOG_FORMATS = ("json", "text")
 
 
@@ -128,6 +129,13 @@ VARIABLES = (
         ("SOCKETMAP_SOCKET_MODE",),
         "0666",
         "permissions of the UNIX socket; a stale socket file is removed at start, the socket is removed at exit",
+    ),
+    Variable(
+        ("TCP_TABLE_LISTEN_ADDRS",),
+        None,
+        "tcp_table(5) listeners, one per map (the protocol names no map), e.g. "
+        "`alias=:10011,mailbox=127.0.0.1:10012`; Postfix: `tcp:127.0.0.1:10011`",
+        shown="empty (off)",
     ),
     Variable(("METRICS_LISTEN_ADDR",), ":10002", "side HTTP server for `/metrics`, `/health`, `/ready`"),
     Variable(("MAX_CONNECTIONS",), "500", "socketmap client connections served at once"),
@@ -294,6 +302,7 @@ class Config:
     rate_limit_action: str = "REJECT"
     rate_limit_message: str = "Rate limit exceeded, please try again later"
     sasl_address: ListenAddress | None = None  # None: no SASL server
+    tcp_table_addresses: tuple[tuple[str, ListenAddress], ...] = ()  # (map, address) per listener
     sasl_socket_mode: int = 0o666  # 0o660 with an owner or group (from_env)
     sasl_socket_owner: int | None = None  # uid for the UNIX socket
     sasl_socket_group: int | None = None  # gid for the UNIX socket
@@ -339,6 +348,7 @@ class Config:
             rate_limit_action=reader.rate_limit_action("RATE_LIMIT_ACTION"),
             rate_limit_message=reader.text("RATE_LIMIT_MESSAGE"),
             sasl_address=reader.optional_address("SASL_LISTEN_ADDR"),
+            tcp_table_addresses=reader.tcp_tables("TCP_TABLE_LISTEN_ADDRS"),
             **reader.sasl_socket(),
             **reader.sasl_timing(),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, aliases=LOG_LEVEL_ALIASES),
@@ -375,6 +385,7 @@ class Config:
             "rate_limit_action": self.rate_limit_action,
             "rate_limit_store": "redis" if self.redis_url else "memory",
             "sasl_listen_addr": str(self.sasl_address) if self.sasl_address else "off",
+            "tcp_table_listen_addrs": ",".join(f"{m}={a}" for m, a in self.tcp_table_addresses) or "off",
             "sasl_socket_mode": oct(self.sasl_socket_mode),
             "sasl_timeout": self.sasl_timeout,
             "sasl_failure_delay": self.sasl_failure_delay,
@@ -553,6 +564,26 @@ class _Reader:
         if not re.fullmatch(r"0?[0-7]{3}", raw):
             raise ConfigError(f"{name}: {raw!r} is not an octal file mode such as 0666")
         return int(raw, 8)
+
+    def tcp_tables(self, name: str) -> tuple[tuple[str, ListenAddress], ...]:
+        """``map=address,...``: one tcp_table listener per map."""
+        raw = self._raw(name)
+        if not raw or raw.lower() == OFF:
+            return ()
+        tables: dict[str, ListenAddress] = {}
+        for item in raw.split(","):
+            map_name, equals, address = (part.strip() for part in item.partition("="))
+            if not equals or map_name not in TCP_TABLE_MAPS:
+                raise ConfigError(
+                    f"{name}: {item.strip()!r} is not MAP=ADDRESS with MAP one of {', '.join(TCP_TABLE_MAPS)}"
+                )
+            if map_name in tables:
+                raise ConfigError(f"{name}: {map_name} is listed twice")
+            try:
+                tables[map_name] = parse_listen_address(address)
+            except ValueError as exc:
+                raise ConfigError(f"{name}: {map_name}: {exc}") from None
+        return tuple(tables.items())
 
     def address(self, name: str) -> ListenAddress:
         try:

@@ -1,6 +1,7 @@
 """Socketmap lookups: map name -> canonical keys -> userli -> one socketmap reply.
 
-``SocketmapSession`` is what the server core drives for each client connection; everything
+``SocketmapSession`` is what the server core drives for each socketmap client connection, and
+``TcpTableSession`` the same lookups for a tcp_table(5) listener serving one map; everything
 protocol-specific lives in ``adapter.protocols``, everything HTTP-specific in ``adapter.userli``.
 """
 
@@ -12,11 +13,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adapter.metrics import Metrics
-from adapter.protocols import socketmap
+from adapter.protocols import socketmap, tcp_table
+from adapter.protocols.lines import LineReader
 from adapter.protocols.netstring import NetstringDecoder
 from adapter.userli import MAPS, NOT_FOUND, Failure, Found, NotFound, Outcome
 
-__all__ = ["MAP_NAMES", "LookupSource", "Lookups", "SocketmapSession"]
+__all__ = ["MAP_NAMES", "LookupSource", "Lookups", "SocketmapSession", "TcpTableSession"]
 
 log = logging.getLogger("adapter.lookups")
 
@@ -158,3 +160,50 @@ class SocketmapSession:
 
     def busy(self, request: bytes) -> bytes:
         return BUSY
+
+
+class TcpTableSession:
+    """One tcp_table(5) client connection of a listener serving ``map_name``: a socketmap session
+    underneath (keys, cache, stale answers, failures, metrics), in tcp_table's codec."""
+
+    greeting = b""
+    close_when_busy = False
+
+    def __init__(self, lookups: Lookups, map_name: str) -> None:
+        self._socketmap = SocketmapSession(lookups)
+        self._prefix = map_name.encode() + b" "
+        self._lines = LineReader(tcp_table.MAX_REQUEST, tcp_table.TcpTableError)
+
+    @property
+    def pending(self) -> bool:
+        return self._lines.pending
+
+    def receive(self, data: bytes) -> list[bytes]:
+        return self._lines.feed(data)  # TcpTableError: the server core closes the connection
+
+    def answer_now(self, request: bytes) -> bytes | None:
+        key = tcp_table.parse_request(request)
+        if key is None:
+            return tcp_table.temporary("unsupported request")
+        reply = self._socketmap.answer_now(self._prefix + key)
+        return None if reply is None else _tcp_table_reply(reply)
+
+    async def respond(self, request: bytes) -> bytes:
+        key = tcp_table.parse_request(request)
+        if key is None:
+            return tcp_table.temporary("unsupported request")
+        return _tcp_table_reply(await self._socketmap.respond(self._prefix + key))
+
+    def busy(self, request: bytes) -> bytes:
+        return tcp_table.temporary("server busy")
+
+
+def _tcp_table_reply(socketmap_reply: bytes) -> bytes:
+    """The same answer in tcp_table's words: OK -> 200, NOTFOUND -> 500, TEMP and PERM -> 400."""
+    payload = socketmap_reply[socketmap_reply.index(b":") + 1 : -1]
+    word, _, text = payload.partition(b" ")
+    if word == b"OK":
+        return tcp_table.found(text)
+    if word == b"NOTFOUND":
+        return tcp_table.not_found()
+    return tcp_table.temporary(text.decode("utf-8", errors="replace"))

@@ -42,7 +42,7 @@ CACHE_RESULTS = ("hit", "miss", "stale", "error")
 POLICY_STAGES = ("skip", "check")
 POLICY_ACTIONS = ("dunno", "reject", "error")  # reject: over quota, whatever RATE_LIMIT_ACTION says
 QUOTA_RESULTS = ("within", "exceeded", "unlimited", "unknown_user", "no_identity", "error")
-LISTENERS = ("socketmap", "policy", "sasl")
+LISTENERS = ("socketmap", "policy", "sasl", "tcp_table")
 SASL_MECHANISMS = ("PLAIN", "LOGIN", "other")
 SASL_RESULTS = ("success", "invalid_credentials", "error")
 # Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
@@ -190,7 +190,7 @@ class Metrics:
 
 
 # The Go adapter's names: the socketmap listener's metrics have no prefix.
-_LISTENER_PREFIX = {"socketmap": "", "policy": "policy_", "sasl": "sasl_"}
+_LISTENER_PREFIX = {"socketmap": "", "policy": "policy_", "sasl": "sasl_", "tcp_table": "tcp_table_"}
 
 
 def _listener_hooks(

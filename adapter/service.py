@@ -10,7 +10,7 @@ import signal
 
 from adapter.config import Config
 from adapter.http import HttpServer, Response, json_response
-from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession
+from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession, TcpTableSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
 from adapter.policy import PolicyDecider, PolicySession
 from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
@@ -48,6 +48,17 @@ class Service:
             self.metrics.listener_hooks("socketmap"),
             socket_mode=config.socketmap_socket_mode,
         )
+        self.tcp_tables = [
+            Listener(
+                "tcp_table",
+                address,
+                lambda map_name=map_name: TcpTableSession(lookups, map_name),
+                Limits(max_connections=config.max_connections, idle_timeout=config.idle_timeout),
+                self.metrics.listener_hooks("tcp_table"),
+                socket_mode=config.socketmap_socket_mode,
+            )
+            for map_name, address in config.tcp_table_addresses
+        ]
         self.policy = self._policy_listener(config) if config.policy_address is not None else None
         self.sasl = self._sasl_listener(config) if config.sasl_address is not None else None
         self.http = HttpServer(
@@ -136,6 +147,7 @@ class Service:
             servers.append(("POLICY_LISTEN_ADDR", self.policy))
         if self.sasl is not None:
             servers.append(("SASL_LISTEN_ADDR", self.sasl))
+        servers += [("TCP_TABLE_LISTEN_ADDRS", listener) for listener in self.tcp_tables]
         return [*servers, ("METRICS_LISTEN_ADDR", self.http)]
 
     # --- side HTTP routes ------------------------------------------------------------------------
