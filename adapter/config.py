@@ -7,12 +7,14 @@ can stop with one line an operator can act on.
 from __future__ import annotations
 
 import grp
+import ipaddress
 import os
 import pwd
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from adapter.tls import TlsConfigError, TlsFiles, client_context
@@ -44,6 +46,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # The Go adapter's zap levels, so that a Go environment starts unchanged.
 LOG_LEVEL_ALIASES = {"warn": "warning", "dpanic": "error", "panic": "error", "fatal": "error"}
 OFF = "off"  # a listener variable set to this turns the listener off
+NGINX_PROTOCOLS = ("smtp", "imap", "pop3")
 TCP_TABLE_MAPS = ("alias", "domain", "mailbox", "senders")  # userli.MAPS (config cannot import userli)
 LOG_FORMATS = ("json", "text")
 
@@ -239,6 +242,26 @@ VARIABLES = (
         "hold back the answer to a failed login this long, on that connection only; `0` disables",
     ),
     Variable(
+        ("NGINX_AUTH_SECRET",),
+        None,
+        "turns on nginx mail's `auth_http` at `/auth/nginx` on the side HTTP server: the value nginx "
+        "must send in the `X-Auth-Secret` header (`auth_http_header`)",
+        shown="unset (off)",
+    ),
+    Variable(
+        ("NGINX_AUTH_BACKENDS",),
+        None,
+        "where nginx proxies a logged-in client, per protocol: `smtp=10.0.0.5:25,imap=10.0.0.6:143,pop3=...` "
+        "(IP addresses, as nginx wants them)",
+        shown="unset",
+    ),
+    Variable(
+        ("NGINX_AUTH_WAIT",),
+        "3s",
+        "`Auth-Wait` after a wrong password: nginx lets the client try again after this long (not after "
+        "10 attempts); `0`: close at once",
+    ),
+    Variable(
         ("LOG_LEVEL",),
         "info",
         "`debug`, `info`, `warning` (or `warn`), `error`; the Go adapter's `dpanic`, `panic` and `fatal` mean `error`",
@@ -303,6 +326,9 @@ class Config:
     rate_limit_message: str = "Rate limit exceeded, please try again later"
     sasl_address: ListenAddress | None = None  # None: no SASL server
     tcp_table_addresses: tuple[tuple[str, ListenAddress], ...] = ()  # (map, address) per listener
+    nginx_auth_secret: str = field(default="", repr=False)  # empty: no /auth/nginx
+    nginx_auth_backends: tuple[tuple[str, str, int], ...] = ()  # (protocol, IP address, port)
+    nginx_auth_wait: float = 3.0
     sasl_socket_mode: int = 0o666  # 0o660 with an owner or group (from_env)
     sasl_socket_owner: int | None = None  # uid for the UNIX socket
     sasl_socket_group: int | None = None  # gid for the UNIX socket
@@ -349,6 +375,7 @@ class Config:
             rate_limit_message=reader.text("RATE_LIMIT_MESSAGE"),
             sasl_address=reader.optional_address("SASL_LISTEN_ADDR"),
             tcp_table_addresses=reader.tcp_tables("TCP_TABLE_LISTEN_ADDRS"),
+            **reader.nginx_auth(),
             **reader.sasl_socket(),
             **reader.sasl_timing(),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, aliases=LOG_LEVEL_ALIASES),
@@ -385,11 +412,20 @@ class Config:
             "rate_limit_action": self.rate_limit_action,
             "rate_limit_store": "redis" if self.redis_url else "memory",
             "sasl_listen_addr": str(self.sasl_address) if self.sasl_address else "off",
+            "nginx_auth": ",".join(f"{p}={h}:{port}" for p, h, port in self.nginx_auth_backends) or "off",
             "tcp_table_listen_addrs": ",".join(f"{m}={a}" for m, a in self.tcp_table_addresses) or "off",
             "sasl_socket_mode": oct(self.sasl_socket_mode),
             "sasl_timeout": self.sasl_timeout,
             "sasl_failure_delay": self.sasl_failure_delay,
         }
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _redacted_url(url: str) -> str:
@@ -564,6 +600,27 @@ class _Reader:
         if not re.fullmatch(r"0?[0-7]{3}", raw):
             raise ConfigError(f"{name}: {raw!r} is not an octal file mode such as 0666")
         return int(raw, 8)
+
+    def nginx_auth(self) -> dict[str, Any]:
+        secret, raw = self._raw("NGINX_AUTH_SECRET"), self._raw("NGINX_AUTH_BACKENDS")
+        wait = self.duration("NGINX_AUTH_WAIT", maximum=60, allow_zero=True)
+        if not secret:
+            return {"nginx_auth_wait": wait}
+        if not secret.isascii() or not secret.isprintable() or len(secret) < 16:
+            raise ConfigError("NGINX_AUTH_SECRET: at least 16 printable ASCII characters")
+        backends: dict[str, tuple[str, str, int]] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            protocol, _, target = item.partition("=")
+            host, _, port = target.rpartition(":")
+            if protocol not in NGINX_PROTOCOLS or not _is_ip(host.strip("[]")) or not port.isdigit():
+                raise ConfigError(
+                    f"NGINX_AUTH_BACKENDS: {item!r} is not PROTOCOL=IP:PORT with PROTOCOL one of "
+                    f"{', '.join(NGINX_PROTOCOLS)} (nginx wants an IP address)"
+                )
+            backends[protocol] = (protocol, host.strip("[]"), int(port))
+        if not backends:
+            raise ConfigError("NGINX_AUTH_BACKENDS: required with NGINX_AUTH_SECRET, e.g. smtp=10.0.0.5:25")
+        return {"nginx_auth_secret": secret, "nginx_auth_backends": tuple(backends.values()), "nginx_auth_wait": wait}
 
     def tcp_tables(self, name: str) -> tuple[tuple[str, ListenAddress], ...]:
         """``map=address,...``: one tcp_table listener per map."""

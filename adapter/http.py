@@ -24,7 +24,7 @@ import h11
 from adapter.config import ListenAddress
 from adapter.server import bound_address
 
-__all__ = ["HttpServer", "Response", "Route", "json_response"]
+__all__ = ["Headers", "HttpServer", "Response", "Route", "json_response"]
 
 log = logging.getLogger("adapter.http")
 
@@ -33,13 +33,14 @@ MAX_CONNECTIONS = 256  # probes and scrapers, not mail traffic
 
 
 class Response:
-    __slots__ = ("body", "content_type", "status")
+    __slots__ = ("body", "content_type", "headers", "status")
 
-    def __init__(self, status: int, content_type: str, body: bytes) -> None:
-        self.status, self.content_type, self.body = status, content_type, body
+    def __init__(self, status: int, content_type: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        self.status, self.content_type, self.body, self.headers = status, content_type, body, headers
 
 
-Route = Callable[[], Awaitable[Response]]
+Headers = dict[bytes, bytes]  # the request's headers, names in lower case (the last of repeated ones)
+Route = Callable[[Headers], Awaitable[Response]]
 
 
 def json_response(status: int, payload: dict[str, str]) -> Response:
@@ -133,14 +134,14 @@ class HttpServer:
         if request.method not in (b"GET", b"HEAD"):
             return json_response(405, {"error": "method not allowed"})
         try:
-            return await route()
+            return await route({name: value for name, value in request.headers})
         except Exception:
             log.exception("route failed", extra={"path": path})
             return json_response(500, {"error": "internal error"})
 
 
 def _render(conn: h11.Connection, method: bytes, response: Response) -> bytes:
-    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body)))]
+    headers = [("Content-Type", response.content_type), ("Content-Length", str(len(response.body))), *response.headers]
     out = conn.send(h11.Response(status_code=response.status, headers=headers)) or b""
     if method != b"HEAD":
         out += conn.send(h11.Data(data=response.body)) or b""

@@ -45,6 +45,7 @@ QUOTA_RESULTS = ("within", "exceeded", "unlimited", "unknown_user", "no_identity
 LISTENERS = ("socketmap", "policy", "sasl", "tcp_table")
 SASL_MECHANISMS = ("PLAIN", "LOGIN", "other")
 SASL_RESULTS = ("success", "invalid_credentials", "error")
+NGINX_PROTOCOLS = ("smtp", "imap", "pop3")
 # Go adapter buckets: ExponentialBuckets(0.001, 2, 10) and ExponentialBuckets(0.01, 2, 10).
 REQUEST_BUCKETS = tuple(0.001 * 2**i for i in range(10))
 HTTP_BUCKETS = tuple(0.01 * 2**i for i in range(10))
@@ -105,6 +106,12 @@ class Metrics:
             ("sasl_auth_total", "sasl_auth_duration_seconds"),
             "SASL authentications",
             {"mechanism": SASL_MECHANISMS, "result": SASL_RESULTS},
+        )
+        self._nginx_auth = _CountedDurations(
+            registry,
+            ("nginx_auth_total", "nginx_auth_duration_seconds"),
+            "nginx mail logins checked (auth_http)",
+            {"protocol": NGINX_PROTOCOLS, "result": SASL_RESULTS},
         )
         self._http_duration = Histogram(
             f"{PREFIX}_http_client_duration_seconds",
@@ -174,6 +181,9 @@ class Metrics:
 
     def observe_quota_check(self, result: str) -> None:
         self._quota_checks[result].inc()
+
+    def observe_nginx_auth(self, protocol: str, result: str, seconds: float) -> None:
+        self._nginx_auth.observe((protocol, result), seconds)
 
     def observe_cache(self, handler: str, result: str) -> None:
         self._cache.inc((handler, result))

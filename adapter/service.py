@@ -9,9 +9,10 @@ import logging
 import signal
 
 from adapter.config import Config
-from adapter.http import HttpServer, Response, json_response
+from adapter.http import Headers, HttpServer, Response, Route, json_response
 from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession, TcpTableSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
+from adapter.nginx_auth import NginxAuth
 from adapter.policy import PolicyDecider, PolicySession
 from adapter.ratelimit import MemoryRateLimiter, RedisRateLimiter
 from adapter.resilience import ResilientUserli
@@ -61,9 +62,10 @@ class Service:
         ]
         self.policy = self._policy_listener(config) if config.policy_address is not None else None
         self.sasl = self._sasl_listener(config) if config.sasl_address is not None else None
-        self.http = HttpServer(
-            config.metrics_address, {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
-        )
+        routes: dict[str, Route] = {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
+        if config.nginx_auth_secret:
+            routes["/auth/nginx"] = NginxAuth(config, self.userli, self.metrics)
+        self.http = HttpServer(config.metrics_address, routes)
         self.stopping = False
         self._probe: asyncio.Task[Outcome] | None = None
         self._probed_at = -READY_MAX_AGE
@@ -152,10 +154,10 @@ class Service:
 
     # --- side HTTP routes ------------------------------------------------------------------------
 
-    async def _metrics(self) -> Response:
+    async def _metrics(self, headers: Headers) -> Response:
         return Response(200, CONTENT_TYPE_LATEST, self.metrics.exposition())
 
-    async def _health(self) -> Response:
+    async def _health(self, headers: Headers) -> Response:
         return json_response(200, {"status": "ok"})
 
     async def _probe_userli(self) -> Outcome:
@@ -168,7 +170,7 @@ class Service:
             probe = self._probe = loop.create_task(self.userli.ready(READY_TIMEOUT))
         return await asyncio.shield(probe)
 
-    async def _ready(self) -> Response:
+    async def _ready(self, headers: Headers) -> Response:
         if self.stopping:
             self.metrics.health_check_status.set(0)
             return json_response(503, {"status": "unavailable", "error": "shutting down"})
