@@ -101,6 +101,8 @@ def _listeners(config: Config) -> list[tuple[str, ListenAddress]]:
     if config.sasl_address is not None:
         listeners.append(("SASL_LISTEN_ADDR", config.sasl_address))
     listeners += [("TCP_TABLE_LISTEN_ADDRS", address) for _, address in config.tcp_table_addresses]
+    if config.dovecot_dict_address is not None:
+        listeners.append(("DOVECOT_DICT_LISTEN_ADDR", config.dovecot_dict_address))
     return listeners
 
 

@@ -242,6 +242,25 @@ VARIABLES = (
         "hold back the answer to a failed login this long, on that connection only; `0` disables",
     ),
     Variable(
+        ("DOVECOT_DICT_LISTEN_ADDR",),
+        None,
+        "Dovecot's userdb through its dict proxy (`userdb { driver = dict }`), e.g. "
+        "`/run/userli-postfix-adapter/dict.sock`; the token needs the `dovecot` scope too",
+        shown="empty (off)",
+    ),
+    Variable(("DOVECOT_DICT_SOCKET_MODE",), "0666", "permissions of the dict UNIX socket"),
+    Variable(
+        ("DOVECOT_HOME_TEMPLATE",),
+        "/var/vmail/%d/%n",
+        "the userdb's `home`: `%u` the user, `%n` its local part, `%d` its domain; empty: none",
+    ),
+    Variable(
+        ("DOVECOT_MAIL_TEMPLATE",),
+        None,
+        "the userdb's `mail` (e.g. `maildir:~/Maildir`), same `%` codes; unset: Dovecot's `mail_location`",
+        shown="unset",
+    ),
+    Variable(
         ("NGINX_AUTH_SECRET",),
         None,
         "turns on nginx mail's `auth_http` at `/auth/nginx` on the side HTTP server: the value nginx "
@@ -326,6 +345,10 @@ class Config:
     rate_limit_message: str = "Rate limit exceeded, please try again later"
     sasl_address: ListenAddress | None = None  # None: no SASL server
     tcp_table_addresses: tuple[tuple[str, ListenAddress], ...] = ()  # (map, address) per listener
+    dovecot_dict_address: ListenAddress | None = None  # None: no dict server
+    dovecot_dict_socket_mode: int = 0o666
+    dovecot_home_template: str = "/var/vmail/%d/%n"
+    dovecot_mail_template: str = ""
     nginx_auth_secret: str = field(default="", repr=False)  # empty: no /auth/nginx
     nginx_auth_backends: tuple[tuple[str, str, int], ...] = ()  # (protocol, IP address, port)
     nginx_auth_wait: float = 3.0
@@ -375,6 +398,10 @@ class Config:
             rate_limit_message=reader.text("RATE_LIMIT_MESSAGE"),
             sasl_address=reader.optional_address("SASL_LISTEN_ADDR"),
             tcp_table_addresses=reader.tcp_tables("TCP_TABLE_LISTEN_ADDRS"),
+            dovecot_dict_address=reader.optional_address("DOVECOT_DICT_LISTEN_ADDR"),
+            dovecot_dict_socket_mode=reader.mode("DOVECOT_DICT_SOCKET_MODE"),
+            dovecot_home_template=reader.text("DOVECOT_HOME_TEMPLATE"),
+            dovecot_mail_template=reader.text("DOVECOT_MAIL_TEMPLATE"),
             **reader.nginx_auth(),
             **reader.sasl_socket(),
             **reader.sasl_timing(),
@@ -412,6 +439,7 @@ class Config:
             "rate_limit_action": self.rate_limit_action,
             "rate_limit_store": "redis" if self.redis_url else "memory",
             "sasl_listen_addr": str(self.sasl_address) if self.sasl_address else "off",
+            "dovecot_dict_listen_addr": str(self.dovecot_dict_address) if self.dovecot_dict_address else "off",
             "nginx_auth": ",".join(f"{p}={h}:{port}" for p, h, port in self.nginx_auth_backends) or "off",
             "tcp_table_listen_addrs": ",".join(f"{m}={a}" for m, a in self.tcp_table_addresses) or "off",
             "sasl_socket_mode": oct(self.sasl_socket_mode),

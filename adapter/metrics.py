@@ -42,7 +42,7 @@ CACHE_RESULTS = ("hit", "miss", "stale", "error")
 POLICY_STAGES = ("skip", "check")
 POLICY_ACTIONS = ("dunno", "reject", "error")  # reject: over quota, whatever RATE_LIMIT_ACTION says
 QUOTA_RESULTS = ("within", "exceeded", "unlimited", "unknown_user", "no_identity", "error")
-LISTENERS = ("socketmap", "policy", "sasl", "tcp_table")
+LISTENERS = ("socketmap", "policy", "sasl", "tcp_table", "dovecot_dict")
 SASL_MECHANISMS = ("PLAIN", "LOGIN", "other")
 SASL_RESULTS = ("success", "invalid_credentials", "error")
 NGINX_PROTOCOLS = ("smtp", "imap", "pop3")
@@ -200,7 +200,13 @@ class Metrics:
 
 
 # The Go adapter's names: the socketmap listener's metrics have no prefix.
-_LISTENER_PREFIX = {"socketmap": "", "policy": "policy_", "sasl": "sasl_", "tcp_table": "tcp_table_"}
+_LISTENER_PREFIX = {
+    "socketmap": "",
+    "policy": "policy_",
+    "sasl": "sasl_",
+    "tcp_table": "tcp_table_",
+    "dovecot_dict": "dovecot_dict_",
+}
 
 
 def _listener_hooks(

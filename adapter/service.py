@@ -9,6 +9,7 @@ import logging
 import signal
 
 from adapter.config import Config
+from adapter.dovecot_userdb import DovecotDictSession, Userdb
 from adapter.http import Headers, HttpServer, Response, Route, json_response
 from adapter.lookups import MAP_NAMES, Lookups, SocketmapSession, TcpTableSession
 from adapter.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -60,6 +61,7 @@ class Service:
             )
             for map_name, address in config.tcp_table_addresses
         ]
+        self.dovecot_dict = self._dovecot_dict_listener(config) if config.dovecot_dict_address is not None else None
         self.policy = self._policy_listener(config) if config.policy_address is not None else None
         self.sasl = self._sasl_listener(config) if config.sasl_address is not None else None
         routes: dict[str, Route] = {"/metrics": self._metrics, "/health": self._health, "/ready": self._ready}
@@ -111,6 +113,18 @@ class Service:
         await stop.wait()
         await self.stop()
 
+    def _dovecot_dict_listener(self, config: Config) -> Listener:
+        assert config.dovecot_dict_address is not None
+        userdb = Userdb(config, self.userli)
+        return Listener(
+            "dovecot_dict",
+            config.dovecot_dict_address,
+            lambda: DovecotDictSession(userdb),
+            Limits(max_connections=config.max_connections, idle_timeout=config.idle_timeout),
+            self.metrics.listener_hooks("dovecot_dict"),
+            socket_mode=config.dovecot_dict_socket_mode,
+        )
+
     def _policy_listener(self, config: Config) -> Listener:
         assert config.policy_address is not None
         limiter = RedisRateLimiter(self.redis) if self.redis is not None else MemoryRateLimiter()
@@ -150,6 +164,8 @@ class Service:
         if self.sasl is not None:
             servers.append(("SASL_LISTEN_ADDR", self.sasl))
         servers += [("TCP_TABLE_LISTEN_ADDRS", listener) for listener in self.tcp_tables]
+        if self.dovecot_dict is not None:
+            servers.append(("DOVECOT_DICT_LISTEN_ADDR", self.dovecot_dict))
         return [*servers, ("METRICS_LISTEN_ADDR", self.http)]
 
     # --- side HTTP routes ------------------------------------------------------------------------

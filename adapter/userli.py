@@ -56,7 +56,7 @@ log = logging.getLogger("adapter.userli")
 LIST_MAPS = ("alias", "senders")  # 200 body: JSON list of addresses
 BOOL_MAPS = ("domain", "mailbox")  # 200 body: JSON true / false
 MAPS = (*LIST_MAPS, *BOOL_MAPS)  # the socketmap names
-ENDPOINTS = (*MAPS, "smtp_quota", "auth")  # every endpoint label of the HTTP metrics
+ENDPOINTS = (*MAPS, "smtp_quota", "auth", "dovecot")  # every endpoint label of the HTTP metrics
 READY_PROBE_DOMAIN = "health-check.invalid"
 # userli requests in flight at once; the rest wait their turn in arrival order: a PHP userli
 # gains nothing from hundreds of parallel requests, and the adapter's CPU is better spent
@@ -85,6 +85,15 @@ class Failure:
     # counted by the circuit breaker. False for 4xx: a configuration error to surface, not hide.
     transient: bool = True
     hint: str = ""  # for the operator's log: what to check
+
+
+@dataclass(frozen=True, slots=True)
+class DovecotUser:
+    """userli's userdb answer (``GET /api/dovecot/{email}``)."""
+
+    user: str
+    quota: str  # e.g. "1024M"; "" for none
+    mailcrypt_public_key: str  # "" unless MailCrypt is on for the user
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +143,7 @@ class UserliClient:
         self.lookup_health = FailureLog(log, "userli")
         self.quota_health = FailureLog(log, "userli's smtp_quota route")
         self.auth_health = FailureLog(log, "userli's auth route")
+        self.dovecot_health = FailureLog(log, "userli's dovecot route")
 
     @property
     def config_error(self) -> str | None:
@@ -249,6 +259,30 @@ class UserliClient:
             return Failure("userli has no auth route", transient=False, hint=ROUTE_HINTS["auth"])
         return _error_status(response)
 
+    async def dovecot_user(self, email: str, timeout: float | None = None) -> DovecotUser | NotFound | Failure:
+        """``GET /api/dovecot/{email}`` (token scope ``dovecot``): the userdb. Only userli's own
+        404 ``{"message": "user not found"}`` means no such user; ``email`` must be canonical."""
+        return _noted(self.dovecot_health, await self._dovecot_user(email, timeout))
+
+    async def _dovecot_user(self, email: str, timeout: float | None) -> DovecotUser | NotFound | Failure:
+        response = await self._send("dovecot", f"/api/dovecot/{quote(email, safe='@')}", timeout)
+        if isinstance(response, Failure):
+            return response
+        body = _json(response.content)
+        if response.status_code == 404 and body == {"message": "user not found"}:
+            return NOT_FOUND
+        if response.status_code != 200:
+            return _error_status(response, scope="dovecot")
+        data = body.get("body") if isinstance(body, dict) else None
+        fields = [
+            data.get(name) if isinstance(data, dict) else None for name in ("user", "quota", "mailCryptPublicKey")
+        ]
+        mailcrypt = data.get("mailCrypt") if isinstance(data, dict) else None
+        if not all(isinstance(field, str) for field in fields) or mailcrypt not in (0, 1, 2):
+            return Failure("userli sent unexpected data")
+        user, quota, public_key = fields
+        return DovecotUser(user, quota, public_key if mailcrypt == 2 else "")  # type: ignore[arg-type]
+
     async def _get(
         self, endpoint: str, key: str, timeout: float | None = None, use_slot: bool = True
     ) -> httpx.Response | Failure:
@@ -295,7 +329,7 @@ def _transport_failure(endpoint: str, reason: str, error: str = "", hint: str = 
 
 
 TOKEN_HINT = "check USERLI_TOKEN (or USERLI_TOKEN_FILE): userli does not know this token"
-SCOPE_HINT = "give the token the postfix scope: bin/console app:api-token:create --scopes postfix"
+SCOPE_HINT = "give the token the {scope} scope: bin/console app:api-token:create --scopes postfix,dovecot"
 ROUTE_HINTS = {
     "lookup": "check USERLI_BASE_URL: userli has no such route there",
     "smtp_quota": "sending quotas need userli 6.2.0 or newer (and a correct USERLI_BASE_URL); "
@@ -312,15 +346,16 @@ def _noted(health: FailureLog, outcome: _T) -> _T:
     return outcome
 
 
-def _error_status(response: httpx.Response) -> Failure:
+def _error_status(response: httpx.Response, scope: str = "postfix") -> Failure:
     """A non-200 status that is not an answer: a token or scope problem, a missing route, an outage."""
     status = response.status_code
     if status == 401:
         return Failure("userli rejected the API token", transient=False, hint=TOKEN_HINT)
     if status == 403:
         if "scope" in str(_json(response.content)).lower():
-            return Failure("userli API token lacks the postfix scope", transient=False, hint=SCOPE_HINT)
-        return Failure("userli refused the API token (403)", transient=False, hint=SCOPE_HINT)
+            hint = SCOPE_HINT.format(scope=scope)
+            return Failure(f"userli API token lacks the {scope} scope", transient=False, hint=hint)
+        return Failure("userli refused the API token (403)", transient=False, hint=SCOPE_HINT.format(scope=scope))
     if status == 404:
         return Failure("userli has no such route", transient=False, hint=ROUTE_HINTS["lookup"])
     log.debug("userli answered an error status", extra={"status": status})

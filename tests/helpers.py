@@ -53,6 +53,16 @@ DATA: dict[str, dict[str, Any]] = {
         "first+last@example.org": "admin made me",
     },
     "disabled": {"spammer@example.org": True},
+    # GET /api/dovecot/{email}: the userdb (scope dovecot)
+    "dovecot": {
+        "user@example.org": {
+            "user": "user@example.org",
+            "mailCrypt": 2,
+            "mailCryptPublicKey": "PUBKEY",
+            "quota": "1024M",
+        },
+        "other@example.org": {"user": "other@example.org", "mailCrypt": 0, "mailCryptPublicKey": "", "quota": ""},
+    },
     "smtp_quota": {
         "user@example.org": {"per_hour": 3, "per_day": 100},
         "other@example.org": {"per_hour": 0, "per_day": 0},
@@ -146,12 +156,12 @@ class UserliStub:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def _refused(self, authorization: str) -> tuple[int, bytes] | None:
+    def _refused(self, authorization: str, scope: str = "postfix") -> tuple[int, bytes] | None:
         """What userli's token authenticator and scope listener answer before any controller."""
         if authorization != f"Bearer {self.token}":
             return 401, INVALID_TOKEN
-        if "postfix" not in self.scopes:
-            return 403, MISSING_SCOPE
+        if scope not in self.scopes:
+            return 403, MISSING_SCOPE.replace(b"postfix", scope.encode())
         return None
 
     def authenticate(self, path: str, authorization: str, body: bytes) -> tuple[int, bytes]:
@@ -176,6 +186,8 @@ class UserliStub:
 
     def answer(self, path: str, authorization: str) -> tuple[int, bytes]:
         parts = path.split("/")  # '', 'api', 'postfix', endpoint, key
+        if len(parts) == 4 and parts[1:3] == ["api", "dovecot"] and parts[3]:
+            return self._dovecot(unquote(parts[3]), authorization)
         endpoints = (*NOT_FOUND_BODY, "smtp_quota") if self.version >= (6, 2, 0) else tuple(NOT_FOUND_BODY)
         if len(parts) != 5 or parts[1:3] != ["api", "postfix"] or parts[3] not in endpoints or not parts[4]:
             return 404, NO_ROUTE
@@ -191,6 +203,19 @@ class UserliStub:
             quota = self.data["smtp_quota"].get(key)
             return (200, json.dumps(quota).encode()) if quota else (404, b'{"error":"User not found"}')
         return 200, json.dumps(self.data.get(endpoint, {}).get(key, NOT_FOUND_BODY[endpoint])).encode()
+
+    def _dovecot(self, email: str, authorization: str) -> tuple[int, bytes]:
+        refused = self._refused(authorization, "dovecot")
+        if refused is not None:
+            return refused
+        if self.behaviour is not None:
+            answer = self.behaviour("dovecot", email)
+            if answer is not None:
+                return answer
+        user = self.data["dovecot"].get(email)
+        if user is None:
+            return 404, b'{"message":"user not found"}'
+        return 200, json.dumps({"message": "success", "body": user}).encode()
 
 
 def config_for(stub_url: str, **overrides: Any) -> Config:
