@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import smtplib
 import socket
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import StartAdapter, UserliStub
+from helpers import StartAdapter, UserliStub, free_port, port_open, wait_until
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -150,3 +153,94 @@ def test_dovecots_own_client(dict_socket: str, userli: UserliStub) -> None:
     failed = get("other@example.org")
     assert failed.returncode == 75, failed.stderr  # EX_TEMPFAIL: try again later, never "no such user"
     assert "dict-server returned failure: userli unreachable" in failed.stderr
+
+
+DOVECOT_CONF = """
+protocols = lmtp
+base_dir = {root}/run
+state_dir = {root}/state
+log_path = {root}/dovecot.log
+ssl = no
+listen = 127.0.0.1
+first_valid_uid = 1
+mail_uid = mail
+mail_gid = mail
+mail_location = maildir:~/Maildir
+default_internal_user = dovecot
+default_login_user = dovenull
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = dict
+  args = {root}/userli-dict.conf.ext
+}}
+"""
+DICT_CONF = """
+uri = proxy:{root}/dict.sock:userli
+iterate_disable = yes
+key userdb {{
+  key = userdb/%u
+  format = json
+}}
+userdb_objects = userdb
+"""
+
+
+@pytest.fixture
+def dovecot_lmtp(start_adapter: StartAdapter, userli: UserliStub) -> Iterator[tuple[int, Path]]:
+    """A private Dovecot whose userdb is the adapter's dict, delivering over LMTP (README's 2.3
+    configuration). Its auth processes run as the dovecot user: the directory must be theirs to enter."""
+    dovecot = shutil.which("dovecot") or "/usr/sbin/dovecot"
+    if not os.path.exists(dovecot):
+        if os.environ.get("CI"):
+            pytest.fail("dovecot is missing (.ci/run installs dovecot-core and dovecot-lmtpd)")
+        pytest.skip("Dovecot is not installed (apt-get install dovecot-core dovecot-lmtpd)")
+    userli.scopes = {"postfix", "dovecot"}
+    root = Path(tempfile.mkdtemp(prefix="adapter-dovecot-"))
+    root.chmod(0o755)
+    for name in ("run", "state", "vmail"):
+        (root / name).mkdir()
+    shutil.chown(root / "vmail", "mail", "mail")
+    port = free_port()
+    (root / "dovecot.conf").write_text(DOVECOT_CONF.format(root=root, port=port))
+    (root / "userli-dict.conf.ext").write_text(DICT_CONF.format(root=root))
+    socket_path = str(root / "dict.sock")
+    start_adapter(dovecot_dict_address=ListenAddress(path=socket_path), dovecot_home_template=f"{root}/vmail/%d/%n")
+    process = subprocess.Popen([dovecot, "-F", "-c", str(root / "dovecot.conf")])
+    try:
+        wait_until(lambda: port_open(port), timeout=15)
+        yield port, root / "vmail"
+    finally:
+        process.terminate()
+        process.wait(15)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_dovecot_delivers_over_lmtp_with_the_adapters_userdb(
+    dovecot_lmtp: tuple[int, Path], userli: UserliStub
+) -> None:
+    port, vmail = dovecot_lmtp
+    with smtplib.LMTP("127.0.0.1", port, timeout=20) as lmtp:
+        assert lmtp.docmd("LHLO", "mx.example.org")[0] == 250
+        assert lmtp.mail("sender@example.net")[0] == 250
+        assert lmtp.rcpt("user@example.org")[0] == 250
+        unknown = lmtp.rcpt("nobody@example.org")
+        assert unknown[0] == 550 and b"User doesn't exist" in unknown[1]  # a real "no": a bounce
+        assert lmtp.data(b"Subject: through the adapter\r\n\r\nhello\r\n")[0] == 250
+    delivered = list((vmail / "example.org" / "user" / "Maildir" / "new").iterdir())
+    assert len(delivered) == 1 and b"through the adapter" in delivered[0].read_bytes()
+    userli.stop()
+    with smtplib.LMTP("127.0.0.1", port, timeout=20) as lmtp:
+        lmtp.docmd("LHLO", "mx.example.org")
+        lmtp.mail("sender@example.net")
+        assert lmtp.rcpt("user@example.org")[0] == 250  # known: the adapter's last answer stands in
+        deferred = lmtp.rcpt("other@example.org")
+        assert deferred[0] == 451, deferred  # userli down: try again later, never "no such user"
