@@ -42,6 +42,8 @@ async def run_checks(config: Config) -> list[Check]:
                 checks.append(await _quota_route(client))
             if config.sasl_address is not None:
                 checks.append(await _auth_route(config, client))
+            if config.dovecot_dict_address is not None:
+                checks.append(await _dovecot_route(client))
     finally:
         await client.aclose()
     if config.redis_url:
@@ -57,28 +59,39 @@ async def _userli(config: Config, client: UserliClient) -> Check:
     outcome = await client.ready(config.userli_timeout)
     took = f"{(time.perf_counter() - started) * 1000:.0f} ms"
     if isinstance(outcome, Failure):
-        hint = f" ({outcome.hint})" if outcome.hint else ""
-        return Check("userli", False, f"{outcome.reason}{hint}")
+        return _failed("userli", outcome)
     return Check("userli", True, f"{config.userli_base_url} answered in {took}; the token has the postfix scope")
 
 
 async def _quota_route(client: UserliClient) -> Check:
+    name = "sending quotas (policy server)"
     outcome = await client.quota(PROBE_ADDRESS)
     if isinstance(outcome, Failure):
-        hint = f" ({outcome.hint})" if outcome.hint else ""
-        return Check("sending quotas (policy server)", False, f"{outcome.reason}{hint}")
-    return Check("sending quotas (policy server)", True, "userli's smtp_quota route answers (userli 6.2.0 or newer)")
+        return _failed(name, outcome)
+    return Check(name, True, "userli's smtp_quota route answers (userli 6.2.0 or newer)")
 
 
 async def _auth_route(config: Config, client: UserliClient) -> Check:
+    name = "SMTP AUTH (SASL server)"
     # A login that cannot succeed: an address at a domain that cannot exist, a random password.
     outcome = await client.authenticate(PROBE_ADDRESS, os.urandom(16).hex(), config.sasl_timeout)
     if isinstance(outcome, Refused):
-        return Check("SMTP AUTH (SASL server)", True, "userli's auth route answers (userli 6.9.0 or newer)")
+        return Check(name, True, "userli's auth route answers (userli 6.9.0 or newer)")
     if isinstance(outcome, Failure):
-        hint = f" ({outcome.hint})" if outcome.hint else ""
-        return Check("SMTP AUTH (SASL server)", False, f"{outcome.reason}{hint}")
-    return Check("SMTP AUTH (SASL server)", False, "userli accepted a login that cannot exist")
+        return _failed(name, outcome)
+    return Check(name, False, "userli accepted a login that cannot exist")
+
+
+async def _dovecot_route(client: UserliClient) -> Check:
+    name = "Dovecot userdb (dict server)"
+    outcome = await client.dovecot_user(PROBE_ADDRESS)  # no such user: the route and the scope answer
+    if isinstance(outcome, Failure):
+        return _failed(name, outcome)
+    return Check(name, True, "userli's dovecot route answers; the token has the dovecot scope")
+
+
+def _failed(name: str, failure: Failure) -> Check:
+    return Check(name, False, failure.reason + (f" ({failure.hint})" if failure.hint else ""))
 
 
 async def _redis(config: Config) -> Check:

@@ -119,6 +119,18 @@ def test_check_names_what_is_wrong(userli: UserliStub, tmp_path: Path, problem: 
     assert failed and expected in failed[0], done.stdout
 
 
+def test_check_covers_the_dovecot_scope_when_the_dict_server_is_on(userli: UserliStub, tmp_path: Path) -> None:
+    env = env_for(userli, DOVECOT_DICT_LISTEN_ADDR=str(tmp_path / "dict.sock"))
+    done = run(["check"], env)
+    assert done.returncode == 1
+    assert "FAIL  Dovecot userdb (dict server): userli API token lacks the dovecot scope" in done.stdout, done.stdout
+    userli.scopes = {"postfix", "dovecot"}
+    done = run(["check"], env)
+    assert done.returncode == 0, done.stdout
+    assert "ok    Dovecot userdb (dict server)" in done.stdout
+    assert "ok    listener DOVECOT_DICT_LISTEN_ADDR" in done.stdout
+
+
 def test_check_finds_a_listen_address_in_use(userli: UserliStub) -> None:
     import socket
 
