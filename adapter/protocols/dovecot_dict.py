@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Dovecot's tab-escaping, the same in its auth protocol
+from adapter.protocols.dovecot_auth import escape as tabescape
+from adapter.protocols.dovecot_auth import unescape as tabunescape
+
 __all__ = [
     "Command",
     "DictProtocolError",
@@ -28,8 +32,6 @@ __all__ = [
 ]
 
 MAX_LINE = 65_536  # bytes of a command line; a userdb key is a few hundred
-_ESCAPES = {"\x01": "\x011", "\t": "\x01t", "\r": "\x01r", "\n": "\x01n"}
-_UNESCAPES = {"1": "\x01", "t": "\t", "r": "\r", "n": "\n"}
 
 
 class DictProtocolError(ValueError):
@@ -40,19 +42,6 @@ class DictProtocolError(ValueError):
 class Command:
     name: str  # one letter: H, L, I, B, S, U, A, T, C, D, R
     args: tuple[str, ...]
-
-
-def tabescape(text: str) -> str:
-    return "".join(_ESCAPES.get(c, c) for c in text)
-
-
-def tabunescape(text: str) -> str:
-    if "\x01" not in text:
-        return text
-    out, chars = [], iter(text)
-    for c in chars:
-        out.append(_UNESCAPES.get(next(chars, ""), "") if c == "\x01" else c)
-    return "".join(out)
 
 
 def parse(line: bytes) -> Command:
