@@ -48,7 +48,7 @@ async def run_checks(config: Config) -> list[Check]:
         await client.aclose()
     if config.redis_url:
         checks.append(await _redis(config))
-    for variable, address in _listeners(config):
+    for variable, address in config.listen_addresses():
         checks.append(_bindable(variable, address))
     return checks
 
@@ -105,18 +105,6 @@ async def _redis(config: Config) -> Check:
         return Check("Redis", False, f"REDIS_URL: {exc.__class__.__name__}: {exc}")
     finally:
         await client.aclose()
-
-
-def _listeners(config: Config) -> list[tuple[str, ListenAddress]]:
-    listeners = [("SOCKETMAP_LISTEN_ADDR", config.socketmap_address), ("METRICS_LISTEN_ADDR", config.metrics_address)]
-    if config.policy_address is not None:
-        listeners.append(("POLICY_LISTEN_ADDR", config.policy_address))
-    if config.sasl_address is not None:
-        listeners.append(("SASL_LISTEN_ADDR", config.sasl_address))
-    listeners += [("TCP_TABLE_LISTEN_ADDRS", address) for _, address in config.tcp_table_addresses]
-    if config.dovecot_dict_address is not None:
-        listeners.append(("DOVECOT_DICT_LISTEN_ADDR", config.dovecot_dict_address))
-    return listeners
 
 
 def _bindable(variable: str, address: ListenAddress) -> Check:

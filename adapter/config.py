@@ -409,6 +409,18 @@ class Config:
             log_format=reader.choice("LOG_FORMAT", LOG_FORMATS),
         )
 
+    def listen_addresses(self) -> list[tuple[str, ListenAddress]]:
+        """Every address the service listens on, with the variable that sets it."""
+        addresses = [("SOCKETMAP_LISTEN_ADDR", self.socketmap_address), ("METRICS_LISTEN_ADDR", self.metrics_address)]
+        if self.policy_address is not None:
+            addresses.append(("POLICY_LISTEN_ADDR", self.policy_address))
+        if self.sasl_address is not None:
+            addresses.append(("SASL_LISTEN_ADDR", self.sasl_address))
+        addresses += [("TCP_TABLE_LISTEN_ADDRS", address) for _, address in self.tcp_table_addresses]
+        if self.dovecot_dict_address is not None:
+            addresses.append(("DOVECOT_DICT_LISTEN_ADDR", self.dovecot_dict_address))
+        return addresses
+
     def summary(self) -> dict[str, object]:
         """Everything worth logging at start-up; never the token itself."""
         return {
